@@ -1,0 +1,31 @@
+"""tlunet: transfer-learning U-Nets for medical image segmentation, in Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tlunet",
+    version="0.1.0",
+    description="Transfer-learning U-Nets for medical image segmentation (Keras 3 / TensorFlow)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tlunet", "tlunet.*"]),
+    install_requires=[
+        # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is.
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "scikit-image",
+        "matplotlib",
+        "nibabel",
+        "pyyaml",
+        "tqdm",
+        "tensorflow-datasets",
+    ],
+    extras_require={
+        "dev": ["pytest>=7"],
+        # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).
+        "reference": ["segmentation-models==1.0.1"],
+    },
+    entry_points={"console_scripts": ["tlunet=tlunet.cli:main"]},
+)

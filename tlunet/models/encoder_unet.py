@@ -1,0 +1,73 @@
+"""U-Nets whose encoder is a (pretrained) keras.applications network: V-Unet and Wang 2023's model."""
+
+import keras
+
+from tlunet.encoders import build_encoder, get_encoder_spec
+from tlunet.layers import EncoderPreprocessing
+from tlunet.models.blocks import decoder_stage, segmentation_head
+
+
+def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, decoder_upsample,
+                       decoder_batchnorm, head_kernel_size, activation="auto", encoder_weights=None,
+                       channel_mode="repeat", name=None):
+    """Wires an encoder from `tlunet.encoders` to a U-Net decoder.
+
+    The model takes float images in [0, 1]; `encoder_preprocess` maps them to the range the
+    encoder's weights expect. Decoder stage i (0 = deepest) upsamples x2, concatenates the skip of
+    that resolution (stages past the shallowest skip get none) and applies two 3x3 convs.
+
+    Args:
+        input_shape: (H, W, C), C in {1, 3}; H and W divisible by the encoder's reduction or None.
+        classes: output channels.
+        encoder: registry name of the encoder.
+        decoder_filters: channels of each decoder stage, deepest first.
+        decoder_upsample: "transpose" or "nearest".
+        decoder_batchnorm: conv -> BN -> ReLU (no conv bias) instead of conv + ReLU.
+        head_kernel_size: kernel of `head_conv`.
+        activation: "auto", an activation name, or None/"logits".
+        encoder_weights: None, "imagenet" or a weights-file path (see `build_encoder`).
+        channel_mode: "repeat" or "fold" for 1-channel inputs (see `build_encoder`).
+        name: model name.
+
+    Returns:
+        A functional `keras.Model` with groups `encoder` (a nested model keeping keras.applications
+        layer names, plus `encoder_grey_to_rgb`/`encoder_preprocess`), `decoder_stage{i}`, `head`.
+    """
+    spec = get_encoder_spec(encoder)
+    inputs = keras.Input(shape=input_shape, name="image")
+    enc = build_encoder(encoder, input_shape, weights=encoder_weights, channel_mode=channel_mode)
+    x = inputs
+    if input_shape[-1] == 1 and channel_mode == "repeat":
+        x = keras.layers.Concatenate(name="encoder_grey_to_rgb")([x, x, x])
+    x = EncoderPreprocessing(spec.preprocessing, name="encoder_preprocess")(x)
+    features = enc(x)
+    x, skips = features[-1], list(reversed(features[:-1]))
+    skips += [None] * (len(decoder_filters) - len(skips))
+    for i, (f, skip) in enumerate(zip(decoder_filters, skips)):
+        x = decoder_stage(x, skip, f, name=f"decoder_stage{i}", upsample=decoder_upsample,
+                          batchnorm=decoder_batchnorm)
+    outputs = segmentation_head(x, classes, activation=activation, kernel_size=head_kernel_size)
+    return keras.Model(inputs, outputs, name=name or f"{encoder}_unet")
+
+
+def build_vgg16_unet(input_shape, classes=1, *, activation="auto", encoder_weights=None,
+                     channel_mode="repeat"):
+    """V-Unet (Cheng & Lam 2021): VGG16 encoder bridged at block5_conv3, transposed-conv decoder
+    with 512/256/128/64 filters, no batch norm, 1x1 head. See `build_encoder_unet` for the args."""
+    return build_encoder_unet(
+        input_shape, classes, encoder="vgg16", decoder_filters=(512, 256, 128, 64),
+        decoder_upsample="transpose", decoder_batchnorm=False, head_kernel_size=1,
+        activation=activation, encoder_weights=encoder_weights, channel_mode=channel_mode,
+        name="vgg16_unet")
+
+
+def build_mobilenetv2_unet(input_shape, classes=1, *, activation="auto", encoder_weights=None,
+                           channel_mode="repeat"):
+    """Wang et al. 2023's model, i.e. segmentation-models-pytorch `Unet("mobilenet_v2")`: MobileNetV2
+    encoder, nearest-upsampling decoder with 256/128/64/32/16 channels and conv-BN-ReLU, 3x3 head.
+    See `build_encoder_unet` for the args."""
+    return build_encoder_unet(
+        input_shape, classes, encoder="mobilenetv2", decoder_filters=(256, 128, 64, 32, 16),
+        decoder_upsample="nearest", decoder_batchnorm=True, head_kernel_size=3,
+        activation=activation, encoder_weights=encoder_weights, channel_mode=channel_mode,
+        name="mobilenetv2_unet")
