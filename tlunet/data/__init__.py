@@ -1,0 +1,22 @@
+"""Data: loaders for the papers' layouts, tf.data pipelines with joint augmentation, phantoms.
+
+Contract: 2D images come out as float32 (H, W, C) in [0, 1], masks as float32 (H, W, 1) holding
+0/1 or class indices; loaders keep their source file lists (and per-case metadata) for reports.
+"""
+
+from tlunet.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_pair, augment_volume
+from tlunet.data.folders import (LAYOUTS, find_class_folders, find_pairs, frames_by_group,
+                                 read_frames, split_indices)
+from tlunet.data.hc18 import (HC18Record, fill_annotation, find_hc18, hc18_set, load_hc18_record,
+                              split_by_subject, subject_of)
+from tlunet.data.io import DataError, read_image, read_mask
+from tlunet.data.nifti import hu_window, load_nifti, resample, sample_patch
+from tlunet.data.pipeline import SegmentationSet, load_arrays, make_dataset, resize_pair
+
+__all__ = [
+    "AUGMENT_PRESETS", "AugmentConfig", "DataError", "HC18Record", "LAYOUTS", "SegmentationSet",
+    "augment_pair", "augment_volume", "fill_annotation", "find_class_folders", "find_hc18",
+    "find_pairs", "frames_by_group", "hc18_set", "hu_window", "load_arrays", "load_hc18_record",
+    "load_nifti", "make_dataset", "read_frames", "read_image", "read_mask", "resample",
+    "resize_pair", "sample_patch", "split_by_subject", "split_indices", "subject_of",
+]

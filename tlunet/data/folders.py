@@ -1,0 +1,147 @@
+"""Folder layouts: paired image/mask folders and class folders of images or videos."""
+
+import os
+import numpy as np
+from PIL import Image, ImageSequence
+
+from tlunet.data.io import IMAGE_SUFFIXES, DataError
+from tlunet.data.pipeline import SegmentationSet
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".gif")
+
+# Known layouts: (image folder, mask folder, number of classes).
+LAYOUTS = {
+    "generic": ("images", "masks", 2),
+    "ecssd": ("images", "ground_truth_mask", 2),
+    "covid_ct": ("images", "masks", 2),
+    "covid_ct_multiclass": ("images", "masks_multiclass", 3),
+}
+
+
+def _files(folder, suffixes):
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: folder not found")
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(suffixes) and not f.startswith("."))
+
+
+def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classes=None):
+    """Images and masks in two folders, matched by file stem (`images/12.jpg` <-> `masks/12.png`).
+
+    Args:
+        root: folder holding the two sub-folders.
+        layout: a key of `LAYOUTS` giving the folder names and class count.
+        image_dir, mask_dir, num_classes: override the layout's values.
+
+    Returns:
+        `SegmentationSet` with meta {"stem": ...}.
+
+    Raises:
+        DataError: a missing folder, an image without a mask or a mask without an image, two files
+            with the same stem.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}. Valid: {list(LAYOUTS)}")
+    default_images, default_masks, default_classes = LAYOUTS[layout]
+    image_dir = os.path.join(root, image_dir or default_images)
+    mask_dir = os.path.join(root, mask_dir or default_masks)
+    num_classes = num_classes or default_classes
+
+    def by_stem(folder):
+        out = {}
+        for f in _files(folder, IMAGE_SUFFIXES):
+            stem = os.path.splitext(f)[0]
+            if stem in out:
+                raise DataError(f"{folder}: two files with stem {stem!r}: {out[stem]} and {f}")
+            out[stem] = os.path.join(folder, f)
+        return out
+
+    images, masks = by_stem(image_dir), by_stem(mask_dir)
+    if not images:
+        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        raise DataError(f"{len(no_mask)} image(s) have no mask in {mask_dir}, e.g. {images[no_mask[0]]}")
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        raise DataError(f"{len(no_image)} mask(s) have no image in {image_dir}, e.g. {masks[no_image[0]]}")
+    stems = sorted(images, key=lambda s: (len(s), s))  # numeric names in numeric order
+    return SegmentationSet([images[s] for s in stems], [masks[s] for s in stems],
+                           [{"stem": s} for s in stems], num_classes=num_classes)
+
+
+def split_indices(n, fractions=(0.8, 0.2), seed=0, groups=None):
+    """Index lists for a seeded split; with `groups`, no group is split across parts."""
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.min() < 0 or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"`fractions` must be non-negative and sum to 1. Received: {fractions.tolist()}")
+    groups = list(range(n)) if groups is None else list(groups)
+    unique = sorted(set(groups), key=str)
+    np.random.default_rng(seed).shuffle(unique)
+    bounds = np.round(np.cumsum(fractions) * len(unique)).astype(int)
+    part = {g: int(np.searchsorted(bounds, i, side="right")) for i, g in enumerate(unique)}
+    return [[i for i in range(n) if part[groups[i]] == k] for k in range(len(fractions))]
+
+
+def find_class_folders(root, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES):
+    """POCUS-style `root/<class>/<file>` listing.
+
+    Returns:
+        (items, classes): items are dicts {"path", "label", "class", "group"} where group is the
+        file stem (a video and the frames taken from it share it); classes are sorted names.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: folder not found")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders")
+    items = []
+    for label, name in enumerate(classes):
+        for f in _files(os.path.join(root, name), suffixes):
+            items.append({"path": os.path.join(root, name, f), "label": label, "class": name,
+                          "group": f"{name}/{os.path.splitext(f)[0]}"})
+    if not items:
+        raise DataError(f"{root}: the class folders {classes} hold no images or videos")
+    return items, classes
+
+
+def read_frames(path, every=1, max_frames=None, channels=1):
+    """Frames of a video (or a single image) as uint8 (T, H, W, channels).
+
+    GIFs and images are read with Pillow; .mp4/.avi/.mov need imageio with its pyav or ffmpeg
+    plugin (`pip install av`).
+    """
+    mode = {1: "L", 3: "RGB"}[channels]
+    ext = os.path.splitext(path)[1].lower()
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        if ext in (".mp4", ".avi", ".mov"):
+            try:
+                import imageio.v3 as iio
+                frames = [np.asarray(Image.fromarray(f).convert(mode))
+                          for f in iio.imiter(path)]
+            except ImportError as e:
+                raise DataError(f"{path}: reading {ext} videos needs `pip install imageio av`") from e
+        else:
+            with Image.open(path) as im:
+                frames = [np.asarray(f.convert(mode)) for f in ImageSequence.Iterator(im)]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure is reported against the file
+        raise DataError(f"{path}: not a readable image or video ({type(e).__name__}: {e})") from e
+    frames = frames[::every][:max_frames]
+    if not frames:
+        raise DataError(f"{path}: no frames")
+    out = np.stack(frames)
+    return out[..., None] if channels == 1 else out
+
+
+def frames_by_group(items, every=1, max_frames=None, channels=1):
+    """Expands class-folder items into frames: (frames list, labels, groups)."""
+    frames, labels, groups = [], [], []
+    for item in items:
+        for frame in read_frames(item["path"], every, max_frames, channels):
+            frames.append(frame)
+            labels.append(item["label"])
+            groups.append(item["group"])
+    return frames, np.asarray(labels), groups

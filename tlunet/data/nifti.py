@@ -1,0 +1,93 @@
+"""CT volumes in NIfTI: HU windowing, resampling to a spacing, canonical orientation, patches."""
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+from tlunet.data.io import DataError
+
+
+def hu_window(volume, window=(-1250.0, 250.0)):
+    """Clips Hounsfield units to `window` and scales to [0, 1] (float32)."""
+    lo, hi = window
+    if not hi > lo:
+        raise ValueError(f"`window` must be (low, high) with high > low. Received: {window}")
+    return ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def resample(volume, spacing, target_spacing, order):
+    """Resamples a (D, H, W) array from `spacing` to `target_spacing` (order 1 images, 0 masks)."""
+    factors = np.asarray(spacing, float) / np.asarray(target_spacing, float)
+    if np.allclose(factors, 1.0):
+        return volume
+    return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=False)
+
+
+def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spacing=None):
+    """Loads a CT volume (and its mask) in canonical (RAS) orientation as (D, H, W) = (z, y, x).
+
+    Args:
+        image_path: .nii / .nii.gz CT in Hounsfield units.
+        mask_path: optional label volume of the same grid.
+        window: HU window mapped to [0, 1]; None keeps raw values (float32).
+        target_spacing: (z, y, x) spacing in mm to resample to, or None.
+
+    Returns:
+        dict with "image" float32 (D, H, W), "mask" uint8 (D, H, W) or None, "spacing" (z, y, x).
+
+    Raises:
+        DataError: unreadable file, NaN/inf voxels, image and mask on different grids.
+    """
+    import nibabel as nib
+
+    def read(path):
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: file not found")
+        try:
+            img = nib.as_closest_canonical(nib.load(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{path}: not a readable NIfTI volume ({type(e).__name__}: {e})") from e
+        if data.ndim == 4 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise DataError(f"{path}: expected a 3-D volume, found shape {data.shape}")
+        if not np.all(np.isfinite(data)):
+            raise DataError(f"{path}: {int(np.sum(~np.isfinite(data)))} voxels are NaN or infinite")
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        return np.transpose(data, (2, 1, 0)), spacing[::-1], img.affine
+
+    image, spacing, affine = read(image_path)
+    mask = None
+    if mask_path is not None:
+        mask, mask_spacing, mask_affine = read(mask_path)
+        if mask.shape != image.shape or not np.allclose(affine, mask_affine, atol=1e-3):
+            raise DataError(f"{image_path} {image.shape} and its mask {mask_path} {mask.shape} are not "
+                            "on the same voxel grid")
+        mask = np.rint(mask).astype(np.uint8)
+    if window is not None:
+        image = hu_window(image, window)
+    if target_spacing is not None:
+        image = resample(image, spacing, target_spacing, order=1).astype(np.float32)
+        if mask is not None:
+            mask = resample(mask, spacing, target_spacing, order=0).astype(np.uint8)
+        spacing = tuple(float(s) for s in target_spacing)
+    return {"image": image, "mask": mask, "spacing": spacing}
+
+
+def sample_patch(volume, mask, patch_size, rng, foreground_prob=0.33):
+    """One random (D, H, W) patch; with probability `foreground_prob` it is centred on a random
+    foreground voxel (oversampling rare lesions). Volumes smaller than the patch are zero-padded."""
+    patch_size = tuple(int(p) for p in patch_size)
+    pad = [(0, max(0, p - s)) for p, s in zip(patch_size, volume.shape)]
+    if any(p[1] for p in pad):
+        volume, mask = np.pad(volume, pad), np.pad(mask, pad)
+    fg = np.argwhere(mask > 0) if rng.random() < foreground_prob else np.zeros((0, 3))
+    if len(fg):
+        centre = fg[rng.integers(len(fg))]
+        start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch_size, volume.shape)]
+    else:
+        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch_size, volume.shape)]
+    sl = tuple(slice(b, b + p) for b, p in zip(start, patch_size))
+    return volume[sl], mask[sl]

@@ -1,0 +1,150 @@
+"""From files to a tf.data pipeline: parallel decode + resize into memory, then shuffle, joint
+augmentation, batching and prefetch.
+
+Contract of every 2D segmentation dataset: images float32 (H, W, C) in [0, 1] (tlunet models
+normalise for their encoder inside the graph); masks float32 (H, W, 1) holding 0/1 (binary) or
+class indices (multi-class, use a sparse loss).
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from tlunet.data.augment import augment_pair, get_augment_config
+from tlunet.data.io import check_same_size, read_image, read_mask
+
+
+@dataclass
+class SegmentationSet:
+    """Files of a segmentation data set and how to read them.
+
+    Attributes:
+        images: image paths.
+        masks: mask paths (or annotation paths a `mask_reader` turns into masks).
+        meta: one dict per pair (e.g. pixel size, subject), kept for per-case reports.
+        num_classes: 2 for binary masks, else the number of labels.
+        mask_reader: path -> uint8 (H, W) mask; default reads binary or label PNGs.
+    """
+
+    images: list
+    masks: list
+    meta: list = field(default_factory=list)
+    num_classes: int = 2
+    mask_reader: object = None
+
+    def __post_init__(self):
+        if len(self.images) != len(self.masks):
+            raise ValueError(f"{len(self.images)} images but {len(self.masks)} masks")
+        if not self.meta:
+            self.meta = [{} for _ in self.images]
+
+    def __len__(self):
+        return len(self.images)
+
+    def subset(self, indices):
+        """A new set with the pairs at `indices`."""
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return SegmentationSet(pick(self.images), pick(self.masks), pick(self.meta),
+                               self.num_classes, self.mask_reader)
+
+    def read_mask(self, path):
+        if self.mask_reader is not None:
+            return self.mask_reader(path)
+        return read_mask(path, binary=self.num_classes == 2,
+                         num_classes=None if self.num_classes == 2 else self.num_classes)
+
+
+def resize_pair(image, mask, size, keep_aspect=False):
+    """Resizes uint8 image (H, W, C) bilinearly and mask (H, W) by nearest neighbour to `size`.
+
+    With `keep_aspect` the image is scaled to fit inside `size` and zero-padded, centred.
+
+    Returns:
+        (image, mask, geometry) where geometry = (scale_y, scale_x, pad_top, pad_left) maps the
+        result back to the original pixels.
+    """
+    height, width = size
+    h, w = image.shape[:2]
+    if keep_aspect:
+        scale = min(height / h, width / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    else:
+        nh, nw = height, width
+    img = np.stack([np.asarray(Image.fromarray(image[..., c]).resize((nw, nh), Image.BILINEAR))
+                    for c in range(image.shape[-1])], axis=-1)
+    msk = np.asarray(Image.fromarray(mask).resize((nw, nh), Image.NEAREST))
+    top, left = (height - nh) // 2, (width - nw) // 2
+    if (nh, nw) != (height, width):
+        img = np.pad(img, ((top, height - nh - top), (left, width - nw - left), (0, 0)))
+        msk = np.pad(msk, ((top, height - nh - top), (left, width - nw - left)))
+    return img, msk, (nh / h, nw / w, top, left)
+
+
+def load_arrays(data, size, channels=1, keep_aspect=False, workers=8):
+    """Reads, checks and resizes every pair of a `SegmentationSet` in parallel threads.
+
+    Returns:
+        images uint8 (N, H, W, channels), masks uint8 (N, H, W); each pair's original size and
+        resize geometry are added to `data.meta` ("original_size", "geometry").
+    """
+    def one(i):
+        image = read_image(data.images[i], channels=channels)
+        mask = data.read_mask(data.masks[i])
+        check_same_size(image, mask, data.images[i], data.masks[i])
+        img, msk, geometry = resize_pair(image, mask, size, keep_aspect)
+        data.meta[i].update(original_size=image.shape[:2], geometry=geometry)
+        return img, msk
+
+    if len(data) == 0:
+        raise ValueError("The data set is empty")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pairs = list(pool.map(one, range(len(data))))
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0, repeat=False,
+                 drop_remainder=False):
+    """A seeded, deterministic tf.data pipeline over in-memory arrays.
+
+    Args:
+        images: uint8 (N, H, W, C).
+        masks: uint8 (N, H, W) or (N, H, W, 1).
+        batch_size: batch size.
+        augment: None, an augmentation preset name ("wang2023", "cheng2021", ...), a dict or an
+            `AugmentConfig`.
+        shuffle: reshuffle every epoch (seeded).
+        seed: seeds the shuffle and every augmentation draw; the same seed gives the same stream.
+        repeat: repeat forever (for steps_per_epoch-style training).
+        drop_remainder: drop a last partial batch.
+
+    Returns:
+        `tf.data.Dataset` of (float32 image in [0, 1], float32 mask (…, 1)) batches.
+    """
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    if masks.ndim == images.ndim - 1:
+        masks = masks[..., None]
+    if images.ndim != 4 or images.shape[:3] != masks.shape[:3]:
+        raise ValueError(f"images (N, H, W, C) and masks (N, H, W[, 1]) must agree. "
+                         f"Received: images {images.shape}, masks {masks.shape}")
+    cfg = get_augment_config(augment)
+    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def prepare(pair, s):
+        image = tf.cast(pair[0], tf.float32) / 255.0
+        mask = tf.cast(pair[1], tf.float32)
+        if cfg != get_augment_config(None):
+            image, mask = augment_pair(image, mask, s, cfg)
+        return image, mask
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,125 @@
+"""Segmentation measures on arrays (2D or 3D), with physical voxel spacing.
+
+Surface distances use the boundary voxels of each mask (foreground voxels with a background
+face-neighbour) and Euclidean distance transforms in physical units — the definition of medpy and
+MONAI. Conventions for empty masks: both empty -> Dice/IoU 1 and distances 0 (perfect agreement);
+exactly one empty -> Dice/IoU 0 and distances inf.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+
+def _as_bool(a, name):
+    a = np.asarray(a)
+    if a.dtype != bool:
+        values = np.unique(a)
+        if not np.all(np.isin(values, (0, 1))):
+            raise ValueError(f"`{name}` must be a binary mask (0/1 or bool); found values "
+                             f"{values[:6].tolist()}. Threshold probabilities first.")
+        a = a.astype(bool)
+    return a
+
+
+def _pair(pred, true):
+    pred, true = _as_bool(pred, "pred"), _as_bool(true, "true")
+    if pred.shape != true.shape:
+        raise ValueError(f"pred and true shapes differ: {pred.shape} vs {true.shape}")
+    return pred, true
+
+
+def dice(pred, true):
+    """Dice similarity coefficient 2|P∩T| / (|P| + |T|)."""
+    pred, true = _pair(pred, true)
+    total = pred.sum() + true.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, true).sum() / total)
+
+
+def iou(pred, true):
+    """Intersection over union (Jaccard index)."""
+    pred, true = _pair(pred, true)
+    union = np.logical_or(pred, true).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, true).sum() / union)
+
+
+def pixel_accuracy(pred, true):
+    """Fraction of pixels labelled correctly (binary or integer label maps)."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred and true shapes differ: {pred.shape} vs {true.shape}")
+    return float(np.mean(pred == true))
+
+
+def _spacing(spacing, ndim):
+    if spacing is None:
+        return (1.0,) * ndim
+    spacing = tuple(float(s) for s in np.broadcast_to(spacing, (ndim,)))
+    if any(s <= 0 for s in spacing):
+        raise ValueError(f"`spacing` must be positive. Received: spacing={spacing}")
+    return spacing
+
+
+def _border(mask):
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, iterations=1)
+
+
+def surface_distances(pred, true, spacing=None):
+    """Distances from each boundary voxel of `pred` to the boundary of `true`, and back.
+
+    Returns:
+        (d_pred_to_true, d_true_to_pred) as 1-D arrays in the units of `spacing`, or None if either
+        mask is empty.
+    """
+    pred, true = _pair(pred, true)
+    if not pred.any() or not true.any():
+        return None
+    spacing = _spacing(spacing, pred.ndim)
+    bp, bt = _border(pred), _border(true)
+    to_true = ndimage.distance_transform_edt(~bt, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+    return to_true[bp], to_pred[bt]
+
+
+def _distance_measure(pred, true, spacing, reduce):
+    pred, true = _pair(pred, true)
+    if not pred.any() and not true.any():
+        return 0.0
+    d = surface_distances(pred, true, spacing)
+    return float("inf") if d is None else float(reduce(*d))
+
+
+def hausdorff(pred, true, spacing=None):
+    """Symmetric Hausdorff distance between the mask boundaries."""
+    return _distance_measure(pred, true, spacing, lambda a, b: max(a.max(), b.max()))
+
+
+def hd95(pred, true, spacing=None):
+    """95th percentile of the pooled boundary distances in both directions (medpy's hd95)."""
+    return _distance_measure(pred, true, spacing, lambda a, b: np.percentile(np.hstack([a, b]), 95))
+
+
+def assd(pred, true, spacing=None):
+    """Average symmetric surface distance: mean of the two directed mean boundary distances."""
+    return _distance_measure(pred, true, spacing, lambda a, b: (a.mean() + b.mean()) / 2.0)
+
+
+def normalized_surface_dice(pred, true, tolerance, spacing=None):
+    """Fraction of boundary voxels of both masks lying within `tolerance` of the other boundary."""
+    pred, true = _pair(pred, true)
+    if not pred.any() and not true.any():
+        return 1.0
+    d = surface_distances(pred, true, spacing)
+    if d is None:
+        return 0.0
+    a, b = d
+    return float(((a <= tolerance).sum() + (b <= tolerance).sum()) / (len(a) + len(b)))
+
+
+def evaluate(pred, true, spacing=None, tolerance=1.0):
+    """All measures for one binary mask pair, as a dict (distances in `spacing` units)."""
+    return {"dice": dice(pred, true), "iou": iou(pred, true),
+            "pixel_accuracy": pixel_accuracy(_as_bool(pred, "pred"), _as_bool(true, "true")),
+            "hausdorff": hausdorff(pred, true, spacing), "hd95": hd95(pred, true, spacing),
+            "assd": assd(pred, true, spacing),
+            "nsd": normalized_surface_dice(pred, true, tolerance, spacing)}
