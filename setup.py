@@ -23,7 +23,10 @@ setup(
         "tensorflow-datasets",
     ],
     extras_require={
-        "dev": ["pytest>=7"],
+        # medpy: the independent implementation the surface-distance tests compare against.
+        "dev": ["pytest>=7", "medpy>=0.5"],
+        # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
+        "bench": ["tf-keras"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).
         "reference": ["segmentation-models==1.0.1"],
     },

@@ -100,8 +100,9 @@ def hd95(pred, true, spacing=None):
 
 
 def assd(pred, true, spacing=None):
-    """Average symmetric surface distance: mean of the two directed mean boundary distances."""
-    return _distance_measure(pred, true, spacing, lambda a, b: (a.mean() + b.mean()) / 2.0)
+    """Average symmetric surface distance: mean of the boundary distances of both directions pooled
+    (medpy >= 0.5 and MONAI; older medpy averaged the two directed means instead)."""
+    return _distance_measure(pred, true, spacing, lambda a, b: np.hstack([a, b]).mean())
 
 
 def normalized_surface_dice(pred, true, tolerance, spacing=None):
