@@ -192,3 +192,14 @@ def test_real_paired_layouts(shared_data, layout, count, labels):
     sub = data.subset(range(0, count, max(1, count // 20)))
     images, masks = load_arrays(sub, (96, 96), channels=1)
     assert set(np.unique(masks)) <= labels and len(np.unique(masks)) >= 2
+
+
+def test_flip_folded_into_the_affine_equals_an_exact_flip():
+    """A zero-range geometric transform plus a certain flip must be the exact mirror image."""
+    images, masks = _blobs(n=1)
+    image = tf.constant(images[0] / 255.0, tf.float32)
+    mask = tf.constant(masks[0][..., None], tf.float32)
+    cfg = AugmentConfig(rotation=1e-9, hflip=1.0, vflip=1.0)  # geometric path, no real rotation
+    x, y = augment_pair(image, mask, tf.constant([5, 6], tf.int64), cfg)
+    np.testing.assert_array_equal(y.numpy(), mask.numpy()[::-1, ::-1])
+    np.testing.assert_allclose(x.numpy(), image.numpy()[::-1, ::-1], atol=1e-4)

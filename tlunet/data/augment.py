@@ -92,9 +92,13 @@ def get_augment_config(augment):
     raise ValueError(f"`augment` must be None, a preset name, a dict or AugmentConfig. Received: {augment!r}")
 
 
-def _affine_params(cfg, u, height, width):
-    """Output->input affine (ImageProjectiveTransform's 8 numbers) from uniforms u in [0, 1)."""
-    sym = lambda i, r: (2.0 * u[i] - 1.0) * r  # noqa: E731 - uniform in [-r, r]
+def _affine_params(cfg, u, height, width, flip_x=None, flip_y=None):
+    """Output->input affines (ImageProjectiveTransform's 8 numbers per row) from uniforms u [B, 6+].
+
+    `flip_x`/`flip_y` ([B] bools) fold flips about the centre into the same matrix, so a flipped
+    sample costs no extra pass over its pixels.
+    """
+    sym = lambda i, r: (2.0 * u[:, i] - 1.0) * r  # noqa: E731 - uniform in [-r, r]
     theta = sym(0, cfg.rotation * math.pi / 180.0)
     shear = sym(1, cfg.shear * math.pi / 180.0)
     zx, zy = 1.0 + sym(2, cfg.zoom), 1.0 + sym(3, cfg.zoom)
@@ -103,56 +107,75 @@ def _affine_params(cfg, u, height, width):
     # A = R(theta) @ Shear @ Zoom, acting on (x, y) = (col, row) about the image centre.
     a00, a01 = c * zx, (-c * tf.sin(shear) - s * tf.cos(shear)) * zy
     a10, a11 = s * zx, (-s * tf.sin(shear) + c * tf.cos(shear)) * zy
+    if flip_x is not None:  # A @ diag(-1, 1): mirror the output x about the centre
+        sign = tf.where(flip_x, -1.0, 1.0)
+        a00, a10 = a00 * sign, a10 * sign
+    if flip_y is not None:
+        sign = tf.where(flip_y, -1.0, 1.0)
+        a01, a11 = a01 * sign, a11 * sign
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     b0 = cx - a00 * cx - a01 * cy + tx
     b1 = cy - a10 * cx - a11 * cy + ty
-    return tf.stack([a00, a01, b0, a10, a11, b1, 0.0, 0.0])
+    zero = tf.zeros_like(a00)
+    return tf.stack([a00, a01, b0, a10, a11, b1, zero, zero], axis=-1)
 
 
-def _transform(x, transform, interpolation, fill_mode):
-    shape = tf.shape(x)
+def _transform(x, transforms, interpolation, fill_mode):
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[None], transforms=transform[None], output_shape=shape[:2], fill_value=0.0,
-        interpolation=interpolation, fill_mode=fill_mode.upper())[0]
+        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+        interpolation=interpolation, fill_mode=fill_mode.upper())
 
 
-def augment_pair(image, mask, seed, cfg):
-    """Augments one (image, mask) pair.
+def _per_sample(fn, seeds):
+    return tf.vectorized_map(fn, seeds)
+
+
+def augment_batch(images, masks, seeds, cfg):
+    """Augments a batch, each sample with its own draws (one resampling op for the whole batch).
 
     Args:
-        image: float32 (H, W, C) in [0, 1].
-        mask: float32 (H, W, 1) labels.
-        seed: int32/int64 tensor of shape [2] (stateless RNG seed).
+        images: float32 (B, H, W, C) in [0, 1].
+        masks: float32 (B, H, W, 1) labels.
+        seeds: int64 (B, 2), one stateless-RNG seed per sample.
         cfg: `AugmentConfig`.
 
     Returns:
-        (image, mask) of the same shapes; the image clipped to [0, 1].
+        (images, masks) of the same shapes; images clipped to [0, 1].
     """
-    u = tf.random.stateless_uniform([12], seed=seed)
-    if cfg.hflip:
-        flip = u[6] < cfg.hflip
-        image = tf.where(flip, tf.reverse(image, [1]), image)
-        mask = tf.where(flip, tf.reverse(mask, [1]), mask)
-    if cfg.vflip:
-        flip = u[7] < cfg.vflip
-        image = tf.where(flip, tf.reverse(image, [0]), image)
-        mask = tf.where(flip, tf.reverse(mask, [0]), mask)
+    u = _per_sample(lambda s: tf.random.stateless_uniform([12], seed=s), seeds)
+    flip_x = u[:, 6] < cfg.hflip if cfg.hflip else None
+    flip_y = u[:, 7] < cfg.vflip if cfg.vflip else None
     if cfg.geometric:
-        shape = tf.cast(tf.shape(image), tf.float32)
-        t = _affine_params(cfg, u, shape[0], shape[1])
-        image = _transform(image, t, "BILINEAR", cfg.fill_mode)
-        mask = _transform(mask, t, "NEAREST", cfg.fill_mode)
+        shape = tf.cast(tf.shape(images), tf.float32)
+        t = _affine_params(cfg, u, shape[1], shape[2], flip_x, flip_y)
+        images = _transform(images, t, "BILINEAR", cfg.fill_mode)
+        masks = _transform(masks, t, "NEAREST", cfg.fill_mode)
+    else:  # flips alone: exact reversals
+        for flip, axis in ((flip_x, 2), (flip_y, 1)):
+            if flip is not None:
+                images = tf.where(flip[:, None, None, None], tf.reverse(images, [axis]), images)
+                masks = tf.where(flip[:, None, None, None], tf.reverse(masks, [axis]), masks)
     if cfg.brightness:
-        image = image + (2.0 * u[8] - 1.0) * cfg.brightness
+        images = images + ((2.0 * u[:, 8] - 1.0) * cfg.brightness)[:, None, None, None]
     if cfg.contrast:
-        mean = tf.reduce_mean(image)
-        image = (image - mean) * (1.0 + (2.0 * u[9] - 1.0) * cfg.contrast) + mean
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        factor = (1.0 + (2.0 * u[:, 9] - 1.0) * cfg.contrast)[:, None, None, None]
+        images = (images - mean) * factor + mean
     if cfg.gamma:
-        image = tf.pow(tf.clip_by_value(image, 0.0, 1.0), tf.exp((2.0 * u[10] - 1.0) * cfg.gamma))
+        gamma = tf.exp((2.0 * u[:, 10] - 1.0) * cfg.gamma)[:, None, None, None]
+        images = tf.pow(tf.clip_by_value(images, 0.0, 1.0), gamma)
     if cfg.speckle:
-        noise = tf.random.stateless_normal(tf.shape(image), seed=seed + [7, 11])
-        image = image * (1.0 + cfg.speckle * noise)
-    return tf.clip_by_value(image, 0.0, 1.0), mask
+        shape = tf.shape(images)[1:]
+        noise = _per_sample(lambda s: tf.random.stateless_normal(shape, seed=s + [7, 11]), seeds)
+        images = images * (1.0 + cfg.speckle * noise)
+    return tf.clip_by_value(images, 0.0, 1.0), masks
+
+
+def augment_pair(image, mask, seed, cfg):
+    """Augments one (image (H, W, C), mask (H, W, 1)) pair with stateless seed `seed` [2]; the
+    same draws as that sample would get inside `augment_batch`."""
+    images, masks = augment_batch(image[None], mask[None], tf.reshape(seed, [1, 2]), cfg)
+    return images[0], masks[0]
 
 
 def augment_volume(volume, mask, seed, flip=True, rot90=True, rotation=0.0, zoom=0.0):
@@ -171,13 +194,8 @@ def augment_volume(volume, mask, seed, flip=True, rot90=True, rotation=0.0, zoom
     if rotation or zoom:
         cfg = AugmentConfig(rotation=rotation, zoom=zoom)
         shape = tf.cast(tf.shape(volume), tf.float32)
-        t = _affine_params(cfg, tf.random.stateless_uniform([6], seed=seed + [3, 5]), shape[1], shape[2])
-        size = tf.shape(volume)[1:3]
-        tile = lambda x: tf.tile(t[None], [tf.shape(x)[0], 1])  # noqa: E731
-        volume = tf.raw_ops.ImageProjectiveTransformV3(images=volume, transforms=tile(volume),
-                                                       output_shape=size, fill_value=0.0,
-                                                       interpolation="BILINEAR", fill_mode="CONSTANT")
-        mask = tf.raw_ops.ImageProjectiveTransformV3(images=mask, transforms=tile(mask),
-                                                     output_shape=size, fill_value=0.0,
-                                                     interpolation="NEAREST", fill_mode="CONSTANT")
+        u2 = tf.random.stateless_uniform([1, 6], seed=seed + [3, 5])
+        t = tf.tile(_affine_params(cfg, u2, shape[1], shape[2]), [tf.shape(volume)[0], 1])
+        volume = _transform(volume, t, "BILINEAR", "constant")  # D acts as the batch: one
+        mask = _transform(mask, t, "NEAREST", "constant")        # in-plane affine for all slices
     return volume, mask

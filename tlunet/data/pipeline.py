@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tlunet.data.augment import augment_pair, get_augment_config
+from tlunet.data.augment import augment_batch, get_augment_config
 from tlunet.data.io import check_same_size, read_image, read_mask
 
 
@@ -136,15 +136,18 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds))
-
-    def prepare(pair, s):
-        image = tf.cast(pair[0], tf.float32) / 255.0
-        mask = tf.cast(pair[1], tf.float32)
-        if cfg != get_augment_config(None):
-            image, mask = augment_pair(image, mask, s, cfg)
-        return image, mask
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    augment = cfg != get_augment_config(None)
+
+    def prepare(pair, s):
+        # Whole batches are augmented at once (one resampling op each), each sample with its seed.
+        images = tf.cast(pair[0], tf.float32) / 255.0
+        masks = tf.cast(pair[1], tf.float32)
+        if augment:
+            images, masks = augment_batch(images, masks, s, cfg)
+        return images, masks
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
