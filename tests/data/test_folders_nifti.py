@@ -149,3 +149,27 @@ def test_ct_phantom_lesions_are_in_lungs():
     assert ct["mask"].sum() > 0
     assert np.all(ct["lungs"][ct["mask"] > 0])
     assert -650 < ct["image"][ct["mask"] > 0].mean() < -350
+
+
+def test_patch_dataset_is_seeded_and_oversamples_foreground():
+    from tlunet.data import make_patch_dataset
+    cts = [ct_volume(shape=(16, 48, 48), seed=s) for s in range(2)]
+    vols = [hu_window(c["image"]) for c in cts]
+    masks = [c["mask"] for c in cts]
+    ds = make_patch_dataset(vols, masks, (8, 24, 24), batch_size=4, patches_per_volume=4,
+                            foreground_prob=1.0, seed=3)
+    first = [(x.numpy(), y.numpy()) for x, y in ds]
+    again = [(x.numpy(), y.numpy()) for x, y in make_patch_dataset(
+        vols, masks, (8, 24, 24), batch_size=4, patches_per_volume=4, foreground_prob=1.0, seed=3)]
+    assert len(first) == 2 and first[0][0].shape == (4, 8, 24, 24, 1)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again))
+    assert all(y.reshape(4, -1).max(1).min() == 1 for _, y in first)  # every patch holds lesion
+
+
+def test_classification_dataset(pocus):
+    from tlunet.data import make_classification_dataset
+    items, _ = find_class_folders(str(pocus))
+    frames, labels, _ = frames_by_group(items)
+    ds = make_classification_dataset(frames, labels, (32, 32), batch_size=5, augment="ultrasound")
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    assert xs[0].shape == (5, 32, 32, 1) and sorted(np.concatenate(ys).tolist()) == sorted(labels.tolist())

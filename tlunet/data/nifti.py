@@ -91,3 +91,50 @@ def sample_patch(volume, mask, patch_size, rng, foreground_prob=0.33):
         start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch_size, volume.shape)]
     sl = tuple(slice(b, b + p) for b, p in zip(start, patch_size))
     return volume[sl], mask[sl]
+
+
+def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_volume=4,
+                       foreground_prob=0.33, seed=0, augment=True):
+    """Random training patches from whole volumes as a tf.data pipeline (one epoch =
+    `patches_per_volume` patches from each volume, in a seeded order).
+
+    Args:
+        volumes: list of float32 (D, H, W) volumes in [0, 1] (e.g. from `load_nifti`).
+        masks: list of uint8 (D, H, W) label volumes.
+        patch_size: (d, h, w).
+        batch_size: patches per batch.
+        patches_per_volume: patches drawn from each volume per epoch.
+        foreground_prob: chance that a patch is centred on a foreground voxel.
+        seed: seeds patch positions (different every epoch) and augmentation.
+        augment: 3D flips + axial rot90 (`augment_volume`); needs cubic-in-plane patches (h == w).
+
+    Returns:
+        `tf.data.Dataset` of (float32 (B, d, h, w, 1), float32 (B, d, h, w, 1)).
+    """
+    import tensorflow as tf
+
+    from tlunet.data.augment import augment_volume
+
+    if len(volumes) != len(masks) or not volumes:
+        raise ValueError(f"{len(volumes)} volumes but {len(masks)} masks")
+    for i, (v, m) in enumerate(zip(volumes, masks)):
+        if v.shape != m.shape:
+            raise ValueError(f"volume {i} has shape {v.shape} but its mask {m.shape}")
+    epoch = [0]
+
+    def generate():
+        rng = np.random.default_rng([seed, epoch[0]])
+        epoch[0] += 1
+        order = rng.permutation(np.repeat(np.arange(len(volumes)), patches_per_volume))
+        for i in order:
+            image, mask = sample_patch(volumes[i], masks[i], patch_size, rng, foreground_prob)
+            yield image[..., None].astype(np.float32), mask[..., None].astype(np.float32)
+
+    spec = tf.TensorSpec((*patch_size, 1), tf.float32)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda pair, s: augment_volume(pair[0], pair[1], s, rot90=patch_size[1] == patch_size[2]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

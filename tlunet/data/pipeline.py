@@ -151,3 +151,28 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_classification_dataset(frames, labels, size, batch_size=16, augment=None, shuffle=True,
+                                seed=0, channels=1):
+    """Frames (list of uint8 (H, W, C) arrays of any sizes) and integer labels -> batches of
+    (float32 (size..., C) in [0, 1], int32 label), resized bilinearly, augmented image-only."""
+    if len(frames) != len(labels) or not len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
+    images = np.stack([resize_pair(f[..., :channels], np.zeros(f.shape[:2], np.uint8), size)[0]
+                       for f in frames])
+    cfg = get_augment_config(augment)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch_size)
+    augment = cfg != get_augment_config(None)
+
+    def prepare(pair, s):
+        x = tf.cast(pair[0], tf.float32) / 255.0
+        if augment:
+            x, _ = augment_batch(x, tf.zeros_like(x[..., :1]), s, cfg)
+        return x, pair[1]
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
