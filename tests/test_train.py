@@ -1,0 +1,179 @@
+"""Training: determinism, kill-and-resume, stages, folds, fractions, mixed precision, distribution."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import tlunet
+from tlunet.data import make_dataset
+from tlunet.train import (compile_model, fit, fraction_indices, kfold_indices, read_history,
+                          run_stages)
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, json
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, keras
+    import tlunet
+    from tlunet.data import make_dataset
+    from tlunet.train import configure, compile_model, fit
+
+    run_dir, epochs, kill_at, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    configure(seed=seed, deterministic=True)
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, 32, 32, 1)) * 255).astype("uint8")
+    y = (x[..., 0] > 127).astype("uint8")
+    ds = make_dataset(x, y, batch_size=4, augment=None, shuffle=False)
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
+    compile_model(model, learning_rate=1e-2)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == kill_at:
+                os._exit(3)  # like a killed process: no cleanup, no callbacks
+
+    fit(model, ds, ds, run_dir=run_dir, epochs=epochs, callbacks=[Kill()], verbose=0)
+    np.save(os.path.join(run_dir, "final.npy"), np.concatenate([w.ravel() for w in model.get_weights()]))
+    print(json.dumps({"iterations": int(model.optimizer.iterations.numpy())}))
+''')
+
+
+def _run(tmp_path, run_dir, epochs, kill_at=-1, seed=0):
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT)
+    return subprocess.run([sys.executable, str(script), str(run_dir), str(epochs), str(kill_at), str(seed)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bit_identical_weights_and_resume_continues(tmp_path):
+    a, b, c, d = (tmp_path / n for n in "abcd")
+    ra, rb = _run(tmp_path, a, 4), _run(tmp_path, b, 4)
+    assert ra.returncode == 0, ra.stderr[-3000:]
+    wa, wb = np.load(a / "final.npy"), np.load(b / "final.npy")
+    np.testing.assert_array_equal(wa, wb)  # same seed, deterministic ops: bit-identical
+    rc = _run(tmp_path, c, 4, seed=1)
+    assert not np.array_equal(np.load(c / "final.npy"), wa)  # and the seed matters
+
+    killed = _run(tmp_path, d, 4, kill_at=2)
+    assert killed.returncode == 3 and not (d / "final.npy").exists()
+    assert len(read_history(d / "history.csv")["loss"]) == 2  # two epochs completed
+    resumed = _run(tmp_path, d, 4)  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = read_history(d / "history.csv")
+    assert history["epoch"] == [0, 1, 2, 3]  # continued at epoch 2, not from scratch
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["iterations"] == 4 * 2
+    # Weights, optimizer state and epoch counter came back: the result equals the uninterrupted run.
+    np.testing.assert_array_equal(np.load(d / "final.npy"), wa)
+
+
+def _tiny_data(n=8, size=32):
+    rng = np.random.default_rng(0)
+    x = (rng.random((n, size, size, 1)) * 255).astype("uint8")
+    return x, (x[..., 0] > 127).astype("uint8")
+
+
+def test_fit_writes_history_and_best_checkpoint(tmp_path):
+    x, y = _tiny_data()
+    ds = make_dataset(x, y, batch_size=4)
+    model = compile_model(tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64)))
+    history = fit(model, ds, ds, run_dir=str(tmp_path), epochs=2, verbose=0)
+    assert set(history) >= {"epoch", "loss", "val_loss", "dice", "val_dice", "miou", "pixel_accuracy"}
+    best = keras.models.load_model(tmp_path / "best.keras")
+    assert best.count_params() == model.count_params()
+    with pytest.raises(ValueError, match="not compiled"):
+        fit(tlunet.build_model("unet", input_shape=(32, 32, 1)), ds, run_dir=str(tmp_path), epochs=1)
+
+
+def test_stages_train_then_skip_finished_stages(tmp_path):
+    x, y = _tiny_data()
+    ds = make_dataset(x, y, batch_size=4)
+    stages = [{"strategy": "frozen_encoder", "epochs": 1, "learning_rate": 1e-3},
+              {"strategy": "all", "epochs": 1, "learning_rate": 1e-4}]
+    model = tlunet.build_model("vgg16_unet", input_shape=(32, 32, 1))
+    enc_before = model.get_layer("encoder").get_weights()[0].copy()
+    results = run_stages(model, stages, ds, run_dir=str(tmp_path), verbose=0)
+    assert [r["strategy"] for r in results] == ["frozen_encoder", "all"]
+    assert results[0]["trainable_params"] < results[1]["trainable_params"] == model.count_params()
+    assert not np.array_equal(model.get_layer("encoder").get_weights()[0], enc_before)  # stage 2
+    final = [w.copy() for w in model.get_weights()]
+    again = tlunet.build_model("vgg16_unet", input_shape=(32, 32, 1))
+    rerun = run_stages(again, stages, ds, run_dir=str(tmp_path), verbose=0)  # both done: no training
+    assert [r["epochs_run"] for r in rerun] == [1, 1]
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), final))
+    with pytest.raises(ValueError, match="unknown keys"):
+        run_stages(again, [{"strategy": "all", "epoch": 3}], ds, run_dir=str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_kfold_groups_and_coverage(k):
+    groups = [i // 3 for i in range(30)]
+    folds = kfold_indices(30, k, seed=1, groups=groups)
+    tests = [set(t) for _, t in folds]
+    assert sorted(i for t in tests for i in t) == list(range(30))  # each item tested once
+    for train, test in folds:
+        assert not {groups[i] for i in train} & {groups[i] for i in test}
+    with pytest.raises(ValueError, match="cannot make"):
+        kfold_indices(4, 5, groups=[0, 0, 1, 1])
+
+
+def test_fraction_indices_nested_and_grouped():
+    groups = [i // 2 for i in range(40)]
+    idx = list(range(40))
+    sizes = [len(fraction_indices(idx, f, seed=3, groups=groups)) for f in (0.1, 0.3, 0.5, 1.0)]
+    assert sizes == [4, 12, 20, 40]
+    small = fraction_indices(idx, 0.1, seed=3, groups=groups)
+    assert {groups[i] for i in small} and all(groups.count(groups[i]) == 2 for i in small)
+    assert set(small) <= set(fraction_indices(idx, 0.3, seed=3, groups=groups))  # nested sweep
+    with pytest.raises(ValueError, match="fraction"):
+        fraction_indices(idx, 0)
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_trains_with_float32_output(tmp_path):
+    code = textwrap.dedent('''
+        import numpy as np, tlunet
+        from tlunet.train import configure, compile_model
+        configure(seed=0, mixed_precision="mixed_bfloat16")
+        m = compile_model(tlunet.build_model("mobilenetv2_unet", input_shape=(32, 32, 1)))
+        x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+        loss = m.train_on_batch(x, (x > 0.5).astype("float32"))
+        assert m.get_layer("decoder_stage0_conv1").compute_dtype == "bfloat16"
+        print(m.output.dtype, np.isfinite(loss).all())
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["float32", "True"]
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus():
+    code = textwrap.dedent('''
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import tlunet
+        from tlunet.data import make_dataset
+        from tlunet.train import compile_model, get_distribution_strategy
+        strategy = get_distribution_strategy("mirrored")
+        with strategy.scope():
+            m = compile_model(tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64)))
+        x = (np.random.default_rng(0).random((8, 32, 32, 1)) * 255).astype("uint8")
+        h = m.fit(make_dataset(x, x[..., 0] > 127, batch_size=4), epochs=1, verbose=0)
+        print(strategy.num_replicas_in_sync, np.isfinite(h.history["loss"][0]))
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["2", "True"]
+
+
+def test_configure_rejects_unknown_precision():
+    from tlunet.train import configure
+    with pytest.raises(ValueError, match="mixed_precision"):
+        configure(mixed_precision="fp8")
+    assert keras.mixed_precision.global_policy().name == "float32"
