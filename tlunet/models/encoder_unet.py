@@ -9,7 +9,7 @@ from tlunet.models.blocks import decoder_stage, segmentation_head
 
 def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, decoder_upsample,
                        decoder_batchnorm, head_kernel_size, activation="auto", encoder_weights=None,
-                       channel_mode="repeat", name=None):
+                       channel_mode="repeat", bn_momentum=None, name=None):
     """Wires an encoder from `tlunet.encoders` to a U-Net decoder.
 
     The model takes float images in [0, 1]; `encoder_preprocess` maps them to the range the
@@ -27,6 +27,7 @@ def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, deco
         activation: "auto", an activation name, or None/"logits".
         encoder_weights: None, "imagenet" or a weights-file path (see `build_encoder`).
         channel_mode: "repeat" or "fold" for 1-channel inputs (see `build_encoder`).
+        bn_momentum: if set, the momentum of every BatchNormalization layer (encoder and decoder).
         name: model name.
 
     Returns:
@@ -47,7 +48,13 @@ def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, deco
         x = decoder_stage(x, skip, f, name=f"decoder_stage{i}", upsample=decoder_upsample,
                           batchnorm=decoder_batchnorm)
     outputs = segmentation_head(x, classes, activation=activation, kernel_size=head_kernel_size)
-    return keras.Model(inputs, outputs, name=name or f"{encoder}_unet")
+    model = keras.Model(inputs, outputs, name=name or f"{encoder}_unet")
+    if bn_momentum is not None:
+        from tlunet.selection import iter_layers
+        for _, layer in iter_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    return model
 
 
 def build_vgg16_unet(input_shape, classes=1, *, activation="auto", encoder_weights=None,
@@ -62,12 +69,16 @@ def build_vgg16_unet(input_shape, classes=1, *, activation="auto", encoder_weigh
 
 
 def build_mobilenetv2_unet(input_shape, classes=1, *, activation="auto", encoder_weights=None,
-                           channel_mode="repeat"):
+                           channel_mode="repeat", bn_momentum=0.9):
     """Wang et al. 2023's model, i.e. segmentation-models-pytorch `Unet("mobilenet_v2")`: MobileNetV2
     encoder, nearest-upsampling decoder with 256/128/64/32/16 channels and conv-BN-ReLU, 3x3 head.
-    See `build_encoder_unet` for the args."""
+
+    `bn_momentum=0.9` is PyTorch's BatchNorm default (momentum 0.1 there), which the paper's smp
+    model trained with; keras.applications' MobileNetV2 uses 0.999, whose moving statistics need
+    thousands of steps before inference-mode outputs make sense on a new domain.
+    See `build_encoder_unet` for the other args."""
     return build_encoder_unet(
         input_shape, classes, encoder="mobilenetv2", decoder_filters=(256, 128, 64, 32, 16),
         decoder_upsample="nearest", decoder_batchnorm=True, head_kernel_size=3,
         activation=activation, encoder_weights=encoder_weights, channel_mode=channel_mode,
-        name="mobilenetv2_unet")
+        bn_momentum=bn_momentum, name="mobilenetv2_unet")

@@ -1,0 +1,390 @@
+"""One runner for every paper's experiment: a YAML config (with `quick`/`full` profiles) in, per-run
+results and one table with the paper's numbers beside ours out.
+
+results/<experiment>/<run>/{config.yaml, history.csv, metrics.csv, summary.md, figures/*.png} and
+results/<experiment>/summary.{md,csv}, figures/dice_vs_params.png. A finished run leaves
+`done.json` and is skipped when the experiment is started again; an unfinished one resumes.
+"""
+
+import copy
+import csv
+import json
+import os
+import time
+
+import numpy as np
+import yaml
+
+from tlunet import evaluation as ev
+from tlunet.biometry import head_circumference
+
+DEFAULTS = {
+    "seed": 0,
+    "deterministic": False,
+    "data": {"kind": "hc18", "image_size": [256, 256], "channels": 1, "split": [0.7, 0.15, 0.15],
+             "augment": None, "limit": None},
+    "model": {"name": "mobilenetv2_unet", "classes": 1},
+    "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
+                 "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
+                 "optimizer": "adam"},
+    "sweep": {"fractions": [1.0], "folds": None},
+    "runs": [],
+}
+
+
+class ConfigError(ValueError):
+    """A bad experiment config; the message names the file and the key."""
+
+
+def _merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def find_config(name_or_path):
+    """A config path from a path, or an experiment name looked up in ./experiments and in the
+    experiments/ folder of the tlunet source tree."""
+    if os.path.isfile(name_or_path):
+        return os.path.abspath(name_or_path)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for root in (os.getcwd(), here):
+        path = os.path.join(root, "experiments", name_or_path, "config.yaml")
+        if os.path.isfile(path):
+            return path
+    available = sorted(d for d in os.listdir(os.path.join(here, "experiments"))
+                       if os.path.isfile(os.path.join(here, "experiments", d, "config.yaml"))) \
+        if os.path.isdir(os.path.join(here, "experiments")) else []
+    raise ConfigError(f"No experiment config {name_or_path!r} (a path, or a name among {available})")
+
+
+def load_config(name_or_path, profile=None, overrides=None):
+    """Reads a config, applies DEFAULTS, then `profiles[profile]`, then `overrides` (a dict)."""
+    path = find_config(name_or_path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    profiles = raw.pop("profiles", {}) or {}
+    if profile is not None and profile not in profiles:
+        raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
+    cfg = _merge(_merge(DEFAULTS, raw), profiles.get(profile) if profile else None)
+    cfg = _merge(cfg, overrides)
+    cfg["profile"] = profile or "default"
+    cfg["_config_path"] = path
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg, path):
+    import tlunet
+    from tlunet.finetune import get_strategy
+
+    if not cfg.get("name"):
+        raise ConfigError(f"{path}: missing `name`")
+    if cfg["data"]["kind"] not in DATA_KINDS:
+        raise ConfigError(f"{path}: data.kind {cfg['data']['kind']!r} is not one of {sorted(DATA_KINDS)}")
+    if not cfg["runs"]:
+        raise ConfigError(f"{path}: `runs` is empty")
+    for run in cfg["runs"]:
+        model = _merge(cfg["model"], run.get("model"))
+        try:
+            tlunet.get_model_info(model["name"])
+            for stage in _stages(cfg, run):
+                get_strategy(stage["strategy"])
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{path}: run {run.get('name')!r}: {e}") from e
+        if run.get("init") == "pretrain" and "pretrain" not in cfg:
+            raise ConfigError(f"{path}: run {run.get('name')!r} has init: pretrain but no `pretrain` block")
+    for key in ("image_size",):
+        if len(cfg["data"][key]) != 2:
+            raise ConfigError(f"{path}: data.{key} must be [H, W]")
+
+
+def _stages(cfg, run):
+    t = cfg["training"]
+    if "stages" in run:
+        return [{"epochs": t["epochs"], "learning_rate": t["learning_rate"], **s} for s in run["stages"]]
+    return [{"strategy": run.get("strategy", "all"), "epochs": t["epochs"], "learning_rate": t["learning_rate"]}]
+
+
+def _resolve(cfg, path):
+    return path if path is None or os.path.isabs(path) else \
+        os.path.normpath(os.path.join(os.path.dirname(cfg["_config_path"]), path))
+
+
+# ----------------------------------------------------------------------------------------- data
+def _data_hc18(cfg, d):
+    from tlunet.data import hc18_set
+    root = _resolve(cfg, d["root"])
+    data = hc18_set(root)
+    return data, [m["subject"] for m in data.meta], root
+
+
+def _data_pairs(cfg, d):
+    from tlunet.data import find_pairs
+    root = _resolve(cfg, d["root"])
+    data = find_pairs(root, d.get("layout", "generic"))
+    return data, [m["stem"] for m in data.meta], root
+
+
+def _data_lung_us_phantom(cfg, d):
+    """SYNTHETIC lung-ultrasound frames with rib masks, generated in memory."""
+    from tlunet.data import SegmentationSet
+    from tlunet.data.phantoms import lung_ultrasound
+    frames = [lung_ultrasound(tuple(d.get("phantom_size", [256, 256])), n_b_lines=i % 4,
+                              pleural_irregularity=(i % 3) / 2, seed=cfg["seed"] * 1000 + i)
+              for i in range(d.get("n", 60))]
+    data = SegmentationSet([f"phantom_{i}" for i in range(len(frames))],
+                           [f"phantom_{i}" for i in range(len(frames))], [{} for _ in frames])
+    data.arrays = (np.stack([f["image"][..., None] for f in frames]), np.stack([f["rib_mask"] for f in frames]))
+    return data, list(range(len(frames))), "synthetic lung-ultrasound phantom"
+
+
+DATA_KINDS = {"hc18": _data_hc18, "pairs": _data_pairs, "lung_us_phantom": _data_lung_us_phantom}
+
+
+def load_data(cfg, d):
+    """Returns (images uint8, masks uint8, meta list, groups list, source description)."""
+    from tlunet.data import load_arrays
+    from tlunet.data.pipeline import resize_pair
+    data, groups, source = DATA_KINDS[d["kind"]](cfg, d)
+    if d.get("limit"):
+        keep = list(range(min(d["limit"], len(data))))
+        data, groups = data.subset(keep), [groups[i] for i in keep]
+    size = tuple(d["image_size"])
+    if hasattr(data, "arrays"):
+        pairs = [resize_pair(i, m, size) for i, m in zip(*data.arrays)]
+        images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        for meta, image in zip(data.meta, data.arrays[0]):
+            meta["original_size"] = image.shape[:2]
+    else:
+        images, masks = load_arrays(data, size, channels=d["channels"])
+    return images, masks, data.meta, groups, source
+
+
+# --------------------------------------------------------------------------------- evaluation
+def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8):
+    """Per-case Dice, mIoU (foreground and background), pixel accuracy, and HC error in mm where
+    the case has a pixel size and a reference HC (HC18)."""
+    from PIL import Image
+    probs = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)[..., 0]
+    rows = []
+    for p, true, m in zip(probs, masks, meta):
+        pred = p >= threshold
+        true = true > 0
+        row = {"case": m.get("name", m.get("stem", "")), "dice": ev.dice(pred, true),
+               "miou": (ev.iou(pred, true) + ev.iou(~pred, ~true)) / 2,
+               "pixel_accuracy": ev.pixel_accuracy(pred, true)}
+        if "pixel_size" in m and "hc_mm" in m:
+            h, w = m["original_size"]
+            full = np.asarray(Image.fromarray(p.astype(np.float32)).resize((w, h), Image.BILINEAR)) >= threshold
+            hc = head_circumference(full, m["pixel_size"])
+            row.update(hc_pred_mm=hc, hc_true_mm=m["hc_mm"], hc_abs_error_mm=abs(hc - m["hc_mm"]))
+        rows.append(row)
+    return rows, probs
+
+
+def _write_csv(path, rows):
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean(rows, key):
+    values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+    return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), float("nan"))
+
+
+# ------------------------------------------------------------------------------------- runner
+def _encoder_weights(requested, model_name, notes):
+    """ImageNet weights if they can be had (cached or downloadable), else random — recorded."""
+    import tlunet
+    if not tlunet.get_model_info(model_name).pretrained_encoder:
+        return None, "random init (no pretrained encoder)"
+    if requested is None:
+        return None, "random init"
+    if requested != "imagenet":
+        return requested, f"file {requested}"
+    key = f"imagenet:{model_name}"
+    if key not in notes:
+        try:
+            tlunet.build_model(model_name, input_shape=(32, 32, 3), encoder_weights="imagenet")
+            notes[key] = ("imagenet", "ImageNet (keras.applications)")
+        except RuntimeError as e:
+            notes[key] = (None, "random init: ImageNet weights unavailable (no network or cached file)")
+    return notes[key]
+
+
+def _split(cfg, n, groups):
+    from tlunet.data import split_indices
+    from tlunet.train import kfold_indices
+    folds = cfg["sweep"].get("folds")
+    split = cfg["data"]["split"]
+    if folds:
+        out = []
+        for train_val, test in kfold_indices(n, folds, seed=cfg["seed"], groups=groups):
+            val_frac = split[1] / (split[0] + split[1])
+            sub = split_indices(len(train_val), (1 - val_frac, val_frac), seed=cfg["seed"],
+                                groups=[groups[i] for i in train_val])
+            out.append(([train_val[i] for i in sub[0]], [train_val[i] for i in sub[1]], test))
+        return out
+    train, val, test = split_indices(n, split, seed=cfg["seed"], groups=groups)
+    return [(train, val, test)]
+
+
+def _pretrain(cfg, out_dir, verbose):
+    """Source-task pre-training (e.g. X-Unet on grey salient-object images); returns weights path."""
+    import tlunet
+    from tlunet.data import make_dataset, split_indices
+    from tlunet.train import compile_model, fit
+    p = _merge({"data": cfg["data"], "model": cfg["model"], "training": cfg["training"]}, cfg["pretrain"])
+    path = os.path.join(out_dir, "pretrain", "final.weights.h5")
+    if os.path.isfile(path):
+        return path, p
+    images, masks, _, groups, source = load_data(cfg, p["data"])
+    train, val = split_indices(len(images), (0.9, 0.1), seed=cfg["seed"], groups=groups)
+    t = p["training"]
+    model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["image_size"], p["data"]["channels"]),
+                               **{k: v for k, v in p["model"].items() if k not in ("name",)})
+    compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
+    fit(model, make_dataset(images[train], masks[train], t["batch_size"], p["data"].get("augment"), seed=cfg["seed"]),
+        make_dataset(images[val], masks[val], t["batch_size"], shuffle=False),
+        run_dir=os.path.join(out_dir, "pretrain"), epochs=t["epochs"], verbose=verbose)
+    model.save_weights(path)
+    with open(os.path.join(out_dir, "pretrain", "source.txt"), "w") as f:
+        f.write(f"{source}\n{len(images)} images\n")
+    return path, p
+
+
+def run_experiment(cfg, out_dir="results", verbose=0, log=print):
+    """Runs every (run, training fraction, fold) of an experiment config; returns the summary rows."""
+    import keras
+
+    import tlunet
+    from tlunet.data import make_dataset
+    from tlunet.finetune import trainable_params
+    from tlunet.plots import dice_vs_params, learning_curves, overlays
+    from tlunet.train import configure, fraction_indices, run_stages
+    from tlunet.transfer import transfer_weights
+
+    exp_dir = os.path.join(out_dir, cfg["name"])
+    os.makedirs(exp_dir, exist_ok=True)
+    configure(cfg["seed"], cfg["deterministic"], cfg["training"]["mixed_precision"])
+    start = time.time()
+    images, masks, meta, groups, source = load_data(cfg, cfg["data"])
+    log(f"[{cfg['name']}] data: {source} ({len(images)} images at {cfg['data']['image_size']})")
+    pretrained = _pretrain(cfg, exp_dir, verbose) if "pretrain" in cfg else None
+    notes, summary = {}, []
+    t = cfg["training"]
+    for run in cfg["runs"]:
+        for fraction in cfg["sweep"]["fractions"]:
+            fold_rows = []
+            for k, (train, val, test) in enumerate(_split(cfg, len(images), groups)):
+                name = run["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
+                    (f"-fold{k}" if cfg["sweep"].get("folds") else "")
+                run_dir = os.path.join(exp_dir, name)
+                done = os.path.join(run_dir, "done.json")
+                if os.path.isfile(done):
+                    with open(done) as f:
+                        fold_rows.append(json.load(f))
+                    log(f"[{cfg['name']}] {name}: done earlier, skipped")
+                    continue
+                keras.backend.clear_session()
+                keras.utils.set_random_seed(cfg["seed"] + k)
+                train = fraction_indices(train, fraction, seed=cfg["seed"], groups=groups)
+                mcfg = _merge(cfg["model"], run.get("model"))
+                weights, weights_note = _encoder_weights(mcfg.get("encoder_weights"), mcfg["name"], notes)
+                kwargs = {key: v for key, v in mcfg.items() if key not in ("name", "encoder_weights")}
+                model = tlunet.build_model(mcfg["name"], input_shape=(*cfg["data"]["image_size"], cfg["data"]["channels"]),
+                                           encoder_weights=weights, **kwargs)
+                if run.get("init") == "pretrain":
+                    src = tlunet.build_model(pretrained[1]["model"]["name"], input_shape=model.input_shape[1:],
+                                             **{key: v for key, v in pretrained[1]["model"].items() if key != "name"})
+                    src.load_weights(pretrained[0])
+                    report = transfer_weights(src, model)
+                    weights_note = f"pre-trained on {pretrained[1]['data'].get('kind')} ({len(report.copied)} layers copied)"
+                train_ds = make_dataset(images[train], masks[train], t["batch_size"], cfg["data"]["augment"], seed=cfg["seed"] + k)
+                val_ds = make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None
+                os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
+                with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+                    yaml.safe_dump({k2: v for k2, v in cfg.items() if not k2.startswith("_")} |
+                                   {"run": run, "fraction": fraction, "fold": k, "weights_used": weights_note,
+                                    "n_train": len(train), "n_val": len(val), "n_test": len(test)}, f, sort_keys=False)
+                stages = run_stages(model, _stages(cfg, run), train_ds, val_ds, run_dir=run_dir, loss=t["loss"],
+                                    optimizer=t["optimizer"], jit_compile=t["jit_compile"], batchnorm=t["batchnorm"],
+                                    patience=t["patience"], verbose=verbose)
+                history = {}
+                for s in stages:
+                    for key, values in s["history"].items():
+                        history.setdefault(key, []).extend(values)
+                _write_csv(os.path.join(run_dir, "history.csv"),
+                           [dict(zip(history, vals)) for vals in zip(*history.values())])
+                cases, probs = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test])
+                _write_csv(os.path.join(run_dir, "metrics.csv"), cases)
+                learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
+                overlays(images[test][:4], masks[test][:4], (probs[:4] >= 0.5), os.path.join(run_dir, "figures", "overlays.png"),
+                         [c["case"] for c in cases[:4]])
+                row = {"run": run["name"], "fraction": fraction, "fold": k, "stages": "+".join(str(s["strategy"]) for s in stages),
+                       "trainable_params": stages[-1]["trainable_params"], "weights": weights_note,
+                       "epochs": sum(s["epochs_run"] for s in stages), "n_test": len(test)}
+                for key in ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm"):
+                    row[key], row[key + "_sd"] = _mean(cases, key)
+                with open(os.path.join(run_dir, "summary.md"), "w") as f:
+                    f.write(f"# {name}\n\n" + "\n".join(f"- {k2}: {v}" for k2, v in row.items()) + "\n")
+                with open(done, "w") as f:
+                    json.dump(row, f)
+                fold_rows.append(row)
+                log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
+                    f"{time.time() - start:.0f}s")
+            summary.append(_aggregate(fold_rows))
+    _write_summary(cfg, exp_dir, summary, source, log)
+    dice_vs_params(summary, os.path.join(exp_dir, "dice_vs_params.png"),
+                   paper=(cfg.get("paper") or {}).get("dice"), title=f"{cfg['name']} ({cfg['profile']})")
+    log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
+    return summary
+
+
+def _aggregate(rows):
+    out = dict(rows[0])
+    for key in ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm"):
+        values = [r[key] for r in rows if np.isfinite(r[key])]
+        out[key] = float(np.mean(values)) if values else float("nan")
+        if len(rows) > 1:
+            out[key + "_sd"] = float(np.std(values)) if values else float("nan")
+    out["folds"] = len(rows)
+    out.pop("fold", None)
+    return out
+
+
+def _fmt(value, scale=1.0, digits=3):
+    return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value * scale:.{digits}f}"
+
+
+def _write_summary(cfg, exp_dir, rows, source, log=print):
+    paper = cfg.get("paper") or {}
+    paper_dice = paper.get("dice", {})
+    scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
+    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "",
+             f"Data: {source}.", "",
+             "| run | fraction | trainable params | Dice (ours) | Dice (paper) | mIoU | pixel acc. | HC MAE (mm) | epochs | test cases | initial weights |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    digits = 2 if scale > 1 else 3
+    for r in rows:
+        sd = f" ± {_fmt(r['dice_sd'], scale, digits)}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
+        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {_fmt(r['dice'], scale, digits)}{sd} | "
+                     f"{paper_dice.get(r['run'], '—')} | {_fmt(r['miou'], scale, digits)} | "
+                     f"{_fmt(r['pixel_accuracy'], scale, digits)} | {_fmt(r['hc_abs_error_mm'], 1, 2)} | "
+                     f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
+    if paper.get("note"):
+        lines += ["", paper["note"]]
+    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
+    log("\n".join(lines))

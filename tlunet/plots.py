@@ -1,0 +1,62 @@
+"""Figures as PNG (matplotlib, no display needed): learning curves, Dice vs trainable parameters,
+qualitative overlays."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history, path, title=""):
+    """Loss and Dice per epoch (train and validation) from a history dict."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("loss", "dice")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dice_vs_params(rows, path, paper=None, title="Dice vs trainable parameters"):
+    """Scatter of mean Dice against trainable parameters, one labelled point per strategy; the
+    paper's Dice (same strategy names) as hollow markers where given."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        ax.scatter(r["trainable_params"] / 1e6, r["dice"], color="C0")
+        ax.annotate(r["run"], (r["trainable_params"] / 1e6, r["dice"]), fontsize=8,
+                    xytext=(3, 3), textcoords="offset points")
+        if paper and r["run"] in paper:
+            ax.scatter(r["trainable_params"] / 1e6, paper[r["run"]], facecolors="none",
+                       edgecolors="C3", label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xlabel("trainable parameters (millions)")
+    ax.set_ylabel("Dice")
+    ax.set_title(title)
+    if paper:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlays(images, truths, preds, path, titles=None, max_rows=4):
+    """Rows of image / truth / prediction for a few cases (images uint8 (H, W, C), masks (H, W))."""
+    n = min(len(images), max_rows)
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    for i in range(n):
+        img = np.asarray(images[i])[..., 0] if np.asarray(images[i]).shape[-1] == 1 else images[i]
+        for j, (panel, name) in enumerate(((img, "image"), (truths[i], "truth"), (preds[i], "prediction"))):
+            axes[i, j].imshow(panel, cmap="gray")
+            axes[i, j].set_axis_off()
+            label = name if titles is None or j else f"{titles[i]}"
+            axes[i, j].set_title(label, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
