@@ -24,16 +24,17 @@ def fit_ellipse(points):
     if len(points) < 5:
         return None
     xy = points[:, ::-1]  # EllipseModel works in (x, y) = (col, row)
-    if hasattr(measure.EllipseModel, "from_estimate"):  # scikit-image >= 0.26
-        model = measure.EllipseModel.from_estimate(xy)
-        if not model:
-            return None
-        (xc, yc), (a, b), theta = model.center, model.axis_lengths, model.theta
-    else:
-        model = measure.EllipseModel()
-        if not model.estimate(xy):
-            return None
-        xc, yc, a, b, theta = model.params
+    with np.errstate(invalid="ignore", divide="ignore"):  # degenerate point sets: checked below
+        if hasattr(measure.EllipseModel, "from_estimate"):  # scikit-image >= 0.26
+            model = measure.EllipseModel.from_estimate(xy)
+            if not model:
+                return None
+            (xc, yc), (a, b), theta = model.center, model.axis_lengths, model.theta
+        else:
+            model = measure.EllipseModel()
+            if not model.estimate(xy):
+                return None
+            xc, yc, a, b, theta = model.params
     if not all(np.isfinite([xc, yc, a, b, theta])) or min(a, b) <= 0:
         return None
     if a < b:

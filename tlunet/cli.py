@@ -53,6 +53,102 @@ def _cmd_strategies(args):
     return 0
 
 
+def _cmd_experiment(args):
+    from tlunet.experiment import load_config, run_experiment
+
+    overrides = {}
+    if args.data:
+        overrides["data"] = {"root": os.path.abspath(args.data)}
+    if args.epochs:
+        overrides["training"] = {"epochs": args.epochs}
+    cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
+    run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
+    return 0
+
+
+def _cmd_train(args):
+    from tlunet.experiment import config_from_dict, run_experiment
+
+    raw = {
+        "name": args.name, "seed": args.seed, "deterministic": args.deterministic,
+        "data": {"kind": args.kind, "root": os.path.abspath(args.data), "layout": args.layout,
+                 "image_size": list(args.image_size), "channels": args.channels,
+                 "split": [1 - 2 * args.holdout, args.holdout, args.holdout], "augment": args.augment},
+        "model": {"name": args.model, "encoder_weights": args.encoder_weights},
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+                     "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,
+                     "jit_compile": args.xla},
+        "runs": [{"name": args.strategy, "strategy": args.strategy}],
+    }
+    if args.kind != "pairs":
+        raw["data"].pop("layout")
+    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
+    if args.distribute:
+        from tlunet.train import get_distribution_strategy
+        with get_distribution_strategy(args.distribute).scope():
+            run_experiment(cfg, out_dir=args.out, verbose=1)
+    else:
+        run_experiment(cfg, out_dir=args.out, verbose=1)
+    print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
+    return 0
+
+
+def _load_model(path):
+    import keras
+
+    import tlunet  # noqa: F401  (registers tlunet's custom objects)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        return keras.models.load_model(path)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path} is not a loadable .keras model ({type(e).__name__}: {e})") from e
+
+
+def _cmd_evaluate(args):
+    import numpy as np
+
+    from tlunet.experiment import _write_csv, config_from_dict, evaluate_cases, load_data
+
+    model = _load_model(args.model)
+    _, h, w, channels = model.input_shape
+    raw = {"name": "evaluate", "data": {"kind": args.kind, "root": os.path.abspath(args.data),
+                                        "image_size": [h, w], "channels": channels},
+           "runs": [{"name": "evaluate"}]}
+    if args.kind == "pairs":
+        raw["data"]["layout"] = args.layout
+    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
+    images, masks, meta, _, source = load_data(cfg, cfg["data"])
+    rows, _ = evaluate_cases(model, images, masks, meta)
+    keys = [k for k in ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm") if k in rows[0]]
+    print(f"{args.model} on {source} ({len(rows)} images at {h}x{w}):")
+    for k in keys:
+        values = np.array([r[k] for r in rows], float)
+        print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
+    if args.csv:
+        _write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _cmd_predict(args):
+    from tlunet.predict import predict_folder, read_pixel_sizes
+
+    model = _load_model(args.model)
+    sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
+    rows = predict_folder(model, args.input, args.output, threshold=args.threshold, pixel_sizes=sizes)
+    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}")
+    return 0
+
+
+def _cmd_export(args):
+    from tlunet.export import export_savedmodel
+
+    path = export_savedmodel(_load_model(args.model), args.output, size=args.size)
+    print(f"SavedModel written to {path} (endpoints: serve = uint8 any size; serve_model = float32)")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tlunet", description="Transfer-learning U-Nets (Keras 3).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +167,64 @@ def build_parser():
     p.add_argument("--reference", help="model to compare against, e.g. unet (Wang 2023's 31M U-Net)")
     p.add_argument("--out", help="write OUT.md and OUT.csv")
     p.set_defaults(func=_cmd_strategies)
+
+    p = sub.add_parser("experiment", help="run a paper's experiment (e.g. wang2023_fetal_head --quick)")
+    p.add_argument("name", help="experiment name under experiments/, or a config.yaml path")
+    p.add_argument("--quick", action="store_true", help="the quick CPU profile (< 10 min)")
+    p.add_argument("--profile", help="a profile of the config, e.g. full")
+    p.add_argument("--data", help="override the data root")
+    p.add_argument("--epochs", type=int, help="override the epochs")
+    p.add_argument("--out", default="results", help="results folder (default: results)")
+    p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars")
+    p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("train", help="train one model on a data folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="data root")
+    p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
+    p.add_argument("--layout", default="generic", help="paired-folder layout (generic, ecssd, covid_ct, ...)")
+    p.add_argument("--image-size", type=_shape, default=(256, 256))
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--strategy", default="all", help="fine-tuning preset")
+    p.add_argument("--encoder-weights", default=None, help="imagenet or a weights file")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", default="bce_dice")
+    p.add_argument("--augment", default=None, help="augmentation preset")
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--holdout", type=float, default=0.15, help="validation and test fraction each")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--xla", action="store_true", help="jit_compile the training step")
+    p.add_argument("--distribute", choices=["mirrored", "multi_worker"])
+    p.add_argument("--name", default="train", help="results sub-folder")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and HC error on HC18) of a model")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("--data", required=True)
+    p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
+    p.add_argument("--layout", default="generic")
+    p.add_argument("--csv", help="write per-case metrics here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="folder of images -> masks, overlays, predictions.csv")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("input", help="folder of images")
+    p.add_argument("output", help="output folder")
+    p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
+    p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="SavedModel taking uint8 images of any size")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("output", help="SavedModel directory (must not exist)")
+    p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -79,7 +233,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # DataError/ConfigError included
         print(f"tlunet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -67,6 +67,12 @@ def load_config(name_or_path, profile=None, overrides=None):
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    return config_from_dict(raw, path, profile, overrides)
+
+
+def config_from_dict(raw, path, profile=None, overrides=None):
+    """Like `load_config` for a dict; relative paths resolve against `path`'s directory."""
+    raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", {}) or {}
     if profile is not None and profile not in profiles:
         raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
@@ -78,10 +84,21 @@ def load_config(name_or_path, profile=None, overrides=None):
     return cfg
 
 
+KNOWN_KEYS = {"name", "seed", "deterministic", "data", "model", "training", "sweep", "runs", "paper",
+              "pretrain", "profile", "_config_path", "description"}
+
+
 def _validate(cfg, path):
     import tlunet
     from tlunet.finetune import get_strategy
 
+    unknown = sorted(set(cfg) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(k for k in KNOWN_KEYS if k[0] != '_')}")
+    for section in ("data", "training", "sweep"):
+        extra = sorted(set(cfg[section]) - set(DEFAULTS[section]) - {"root", "layout", "n", "phantom_size"})
+        if extra:
+            raise ConfigError(f"{path}: unknown {section} keys {extra}; valid: {sorted(DEFAULTS[section])}")
     if not cfg.get("name"):
         raise ConfigError(f"{path}: missing `name`")
     if cfg["data"]["kind"] not in DATA_KINDS:
@@ -326,6 +343,7 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                         history.setdefault(key, []).extend(values)
                 _write_csv(os.path.join(run_dir, "history.csv"),
                            [dict(zip(history, vals)) for vals in zip(*history.values())])
+                model.save(os.path.join(run_dir, "model.keras"))
                 cases, probs = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test])
                 _write_csv(os.path.join(run_dir, "metrics.csv"), cases)
                 learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)

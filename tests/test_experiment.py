@@ -1,0 +1,128 @@
+"""The experiment runner and the CLI commands end to end, on tiny synthetic data."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from PIL import Image
+
+from tlunet.cli import main
+from tlunet.experiment import ConfigError, config_from_dict, load_config, run_experiment
+
+TINY = {
+    "name": "tiny",
+    "data": {"kind": "lung_us_phantom", "n": 12, "phantom_size": [64, 64], "image_size": [32, 32],
+             "split": [0.5, 0.25, 0.25], "augment": "cheng2021"},
+    "model": {"name": "unet", "filters": [4, 8, 16, 32, 64]},
+    "training": {"epochs": 1, "batch_size": 4},
+    "runs": [{"name": "all", "strategy": "all"},
+             {"name": "two_stage", "stages": [{"strategy": "frozen_bottleneck", "epochs": 1},
+                                              {"strategy": "all", "epochs": 1, "learning_rate": 1e-4}]}],
+    "sweep": {"fractions": [0.5, 1.0], "folds": 2},
+    "paper": {"dice": {"all": 0.828}},
+}
+
+
+@pytest.mark.slow
+def test_runner_writes_every_output_and_skips_finished_runs(tmp_path):
+    cfg = config_from_dict(TINY, str(tmp_path / "tiny.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    assert [(r["run"], r["fraction"]) for r in rows] == [("all", 0.5), ("all", 1.0),
+                                                         ("two_stage", 0.5), ("two_stage", 1.0)]
+    assert all(r["folds"] == 2 and 0 <= r["dice"] <= 1 for r in rows)
+    exp = tmp_path / "results" / "tiny"
+    run = exp / "two_stage-frac1-fold1"
+    for name in ("config.yaml", "history.csv", "metrics.csv", "summary.md", "model.keras",
+                 "figures/learning_curves.png", "figures/overlays.png"):
+        assert (run / name).exists(), name
+    with open(run / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one epoch per stage, merged
+    saved = yaml.safe_load(open(run / "config.yaml"))
+    assert saved["weights_used"] == "random init (no pretrained encoder)" and saved["fold"] == 1
+    summary = open(exp / "summary.md").read()
+    assert "| all | 0.5 |" in summary and "0.828" in summary
+    assert (exp / "dice_vs_params.png").exists()
+    # the smaller fraction trained on fewer images
+    n = [yaml.safe_load(open(exp / f"all-frac{f}-fold0" / "config.yaml"))["n_train"] for f in ("0.5", "1")]
+    assert n[0] < n[1]
+    # started again: nothing retrains, the same numbers come back
+    logs = []
+    again = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=logs.append)
+    assert sum("skipped" in line for line in logs) == 8
+    assert [r["dice"] for r in again] == [r["dice"] for r in rows]
+
+
+@pytest.mark.parametrize("change,error", [
+    ({"runs": []}, "runs"),
+    ({"colour": "red"}, "unknown keys"),
+    ({"training": {"epochz": 3}}, "unknown training keys"),
+    ({"model": {"name": "resnet_unet"}}, "Unknown model"),
+    ({"runs": [{"name": "x", "strategy": "decoder-only"}]}, "Unknown strategy"),
+    ({"runs": [{"name": "x", "init": "pretrain"}]}, "no `pretrain` block"),
+    ({"data": {"kind": "dicom"}}, "data.kind"),
+])
+def test_bad_configs_are_named(tmp_path, change, error):
+    raw = {**TINY, **{k: v for k, v in change.items() if k not in ("training", "model", "data")}}
+    for section in ("training", "model", "data"):
+        if section in change:
+            raw[section] = {**TINY[section], **change[section]}
+    with pytest.raises(ConfigError, match=error):
+        config_from_dict(raw, str(tmp_path / "bad.yaml"))
+
+
+def test_shipped_configs_load_in_every_profile():
+    for name in ("wang2023_fetal_head", "cheng2021_lung_us"):
+        for profile in (None, "quick", "full"):
+            cfg = load_config(name, profile)
+            assert cfg["runs"] and cfg["profile"] == (profile or "default")
+    quick = load_config("wang2023_fetal_head", "quick")
+    assert os.path.isdir(quick["data"]["root"] if os.path.isabs(quick["data"]["root"]) else
+                         os.path.join(os.path.dirname(quick["_config_path"]), quick["data"]["root"]))
+
+
+def _write_pairs(root, n=8, size=(40, 48)):
+    from tlunet.data.phantoms import fetal_head
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        head = fetal_head(size, seed=i)
+        Image.fromarray(head["image"]).save(root / "images" / f"{i}.png")
+        Image.fromarray(head["mask"] * 255).save(root / "masks" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_predict_export(tmp_path, capsys):
+    data = _write_pairs(tmp_path / "data")
+    out = tmp_path / "results"
+    assert main(["train", "--model", "unet", "--data", str(data), "--image-size", "32,32",
+                 "--epochs", "1", "--batch-size", "4", "--holdout", "0.25", "--out", str(out)]) == 0
+    model_path = out / "train" / "all" / "model.keras"
+    assert model_path.exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(model_path), "--data", str(data), "--csv", str(tmp_path / "m.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "dice:" in printed and "8 images" in printed
+    with open(tmp_path / "m.csv") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    assert main(["predict", str(model_path), str(data / "images"), str(tmp_path / "pred"),
+                 "--pixel-size", "0.1"]) == 0
+    assert len(os.listdir(tmp_path / "pred" / "masks")) == 8
+    assert main(["export", str(model_path), str(tmp_path / "sm")]) == 0
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))  # keep a reference: its variables live in it
+    served = loaded.serve(tf.constant(np.zeros((1, 40, 48, 1), np.uint8)))
+    assert served.shape == (1, 40, 48, 1)
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    bad = tmp_path / "not_a_model.keras"
+    bad.write_text("nope")
+    assert main(["export", str(bad), str(tmp_path / "sm")]) == 2
+    assert "not a loadable .keras model" in capsys.readouterr().err
+    assert main(["train", "--model", "unet", "--data", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["experiment", "wang2023_fetal_head", "--profile", "turbo"]) == 2
+    assert "no profile 'turbo'" in capsys.readouterr().err
