@@ -177,3 +177,18 @@ def test_configure_rejects_unknown_precision():
     with pytest.raises(ValueError, match="mixed_precision"):
         configure(mixed_precision="fp8")
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_xla_training_step_matches_eager():
+    x, y = _tiny_data(n=4)
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
+        compile_model(model, loss="bce_dice", jit_compile=jit, learning_rate=1e-3)
+        assert model.jit_compile is jit
+        loss = model.train_on_batch(x.astype("float32") / 255, y[..., None].astype("float32"))
+        results.append((float(np.ravel(loss)[0]), model.get_weights()[0]))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)

@@ -297,7 +297,14 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     log(f"[{cfg['name']}] data: {source} ({len(images)} images at {cfg['data']['image_size']})")
-    pretrained = _pretrain(cfg, exp_dir, verbose) if "pretrain" in cfg else None
+    pretrained = None
+    if "pretrain" in cfg:
+        pretrained = _pretrain(cfg, exp_dir, verbose)
+        with open(os.path.join(exp_dir, "pretrain", "history.csv")) as f:
+            rows = list(csv.DictReader(f))
+        log(f"[{cfg['name']}] pre-trained {pretrained[1]['model']['name']} on "
+            f"{pretrained[1]['data'].get('root', pretrained[1]['data']['kind'])}: {len(rows)} epochs, "
+            f"final val Dice {float(rows[-1].get('val_dice', 'nan')):.3f}")
     notes, summary = {}, []
     t = cfg["training"]
     for run in cfg["runs"]:
@@ -326,7 +333,8 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                                              **{key: v for key, v in pretrained[1]["model"].items() if key != "name"})
                     src.load_weights(pretrained[0])
                     report = transfer_weights(src, model)
-                    weights_note = f"pre-trained on {pretrained[1]['data'].get('kind')} ({len(report.copied)} layers copied)"
+                    source_name = pretrained[1]["data"].get("layout") or pretrained[1]["data"]["kind"]
+                    weights_note = f"pre-trained on {source_name} ({len(report.copied)} layers copied)"
                 train_ds = make_dataset(images[train], masks[train], t["batch_size"], cfg["data"]["augment"], seed=cfg["seed"] + k)
                 val_ds = make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None
                 os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
@@ -363,8 +371,10 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                     f"{time.time() - start:.0f}s")
             summary.append(_aggregate(fold_rows))
     _write_summary(cfg, exp_dir, summary, source, log)
-    dice_vs_params(summary, os.path.join(exp_dir, "dice_vs_params.png"),
-                   paper=(cfg.get("paper") or {}).get("dice"), title=f"{cfg['name']} ({cfg['profile']})")
+    paper = cfg.get("paper") or {}
+    dice_vs_params(summary, os.path.join(exp_dir, "dice_vs_params.png"), paper=paper.get("dice"),
+                   title=f"{cfg['name']} ({cfg['profile']})",
+                   scale=100.0 if paper.get("dice_scale") == "percent" else 1.0)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
 

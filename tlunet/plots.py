@@ -25,22 +25,24 @@ def learning_curves(history, path, title=""):
     plt.close(fig)
 
 
-def dice_vs_params(rows, path, paper=None, title="Dice vs trainable parameters"):
+def dice_vs_params(rows, path, paper=None, title="Dice vs trainable parameters", scale=1.0):
     """Scatter of mean Dice against trainable parameters, one labelled point per strategy; the
-    paper's Dice (same strategy names) as hollow markers where given."""
+    paper's Dice (same strategy names, numbers only) as hollow markers. `scale` multiplies our Dice
+    to the paper's units (100 for percent)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    paper = {k: v for k, v in (paper or {}).items() if isinstance(v, (int, float))}
     for r in rows:
-        ax.scatter(r["trainable_params"] / 1e6, r["dice"], color="C0")
-        ax.annotate(r["run"], (r["trainable_params"] / 1e6, r["dice"]), fontsize=8,
+        ax.scatter(r["trainable_params"] / 1e6, r["dice"] * scale, color="C0",
+                   label="ours" if r is rows[0] else None)
+        ax.annotate(r["run"], (r["trainable_params"] / 1e6, r["dice"] * scale), fontsize=8,
                     xytext=(3, 3), textcoords="offset points")
-        if paper and r["run"] in paper:
+        if r["run"] in paper:
             ax.scatter(r["trainable_params"] / 1e6, paper[r["run"]], facecolors="none",
                        edgecolors="C3", label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
     ax.set_xlabel("trainable parameters (millions)")
-    ax.set_ylabel("Dice")
+    ax.set_ylabel("Dice (%)" if scale == 100 else "Dice")
     ax.set_title(title)
-    if paper:
-        ax.legend()
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
