@@ -112,7 +112,7 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
     if monitor is None:
         monitor = "val_dice" if val_ds is not None else "loss"
     mode = "min" if "loss" in monitor else "max"
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose,
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
               callbacks=_callbacks(run_dir, monitor, mode, patience, tensorboard, callbacks))
     return read_history(os.path.join(run_dir, "history.csv"))
 

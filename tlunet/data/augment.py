@@ -126,8 +126,10 @@ def _transform(x, transforms, interpolation, fill_mode):
         interpolation=interpolation, fill_mode=fill_mode.upper())
 
 
-def _per_sample(fn, seeds):
-    return tf.vectorized_map(fn, seeds)
+def _per_sample(fn, seeds, dtype=tf.float32):
+    # tf.map_fn rather than vectorized_map: the stateless RNG ops have no vectorised form, and
+    # vectorized_map would fall back to the same loop with a warning on every trace.
+    return tf.map_fn(fn, seeds, fn_output_signature=dtype)
 
 
 def augment_batch(images, masks, seeds, cfg):
