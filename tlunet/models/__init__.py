@@ -4,6 +4,7 @@ import inspect
 from dataclasses import dataclass
 
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
+from tlunet.models.resnet3d import build_resnet18_3d_unet
 from tlunet.models.unet import build_unet
 
 
@@ -17,7 +18,7 @@ class ModelInfo:
         description: one line.
         paper: where it comes from.
         reference_shape: the input shape the paper's parameter counts refer to.
-        divisor: spatial sizes must be multiples of this.
+        divisor: spatial sizes must be multiples of this (an int, or one per spatial axis).
         channels: allowed channel counts, or None for any.
         pretrained_encoder: whether `encoder_weights` applies.
     """
@@ -59,6 +60,10 @@ register_model(ModelInfo(
     "MobileNetV2 encoder, smp-style decoder 256-16 with BN, nearest upsampling",
     "Wang et al. 2023", reference_shape=(512, 512, 3), divisor=32, channels=(1, 3),
     pretrained_encoder=True))
+register_model(ModelInfo(
+    "resnet18_3d_unet", build_resnet18_3d_unet,
+    "3D U-Net on a torchvision r3d_18-layout ResNet-18 encoder (Kinetics weights: planned)",
+    "Bressem et al. 2021", reference_shape=(32, 128, 128, 1), divisor=(8, 16, 16)))
 
 
 def list_models():
@@ -83,11 +88,13 @@ def _validate_shape(info, input_shape):
         raise ValueError(
             f"{info.name} takes input_shape with {rank} entries (spatial sizes, then channels), "
             f"e.g. {info.reference_shape}. Received: input_shape={input_shape}")
-    bad = [d for d in shape[:-1] if d is not None and (d < info.divisor or d % info.divisor)]
+    divisors = info.divisor if isinstance(info.divisor, tuple) else (info.divisor,) * info.spatial_dims
+    bad = [d for d, k in zip(shape[:-1], divisors) if d is not None and (d < k or d % k)]
     if bad:
         raise ValueError(
-            f"{info.name} needs spatial sizes that are multiples of {info.divisor} (or None). "
-            f"Received: input_shape={input_shape}")
+            f"{info.name} needs spatial sizes that are multiples of "
+            f"{info.divisor if isinstance(info.divisor, int) else ' x '.join(map(str, divisors))} "
+            f"(or None). Received: input_shape={input_shape}")
     if info.channels is not None and shape[-1] not in info.channels:
         raise ValueError(f"{info.name} takes {' or '.join(map(str, info.channels))} input channels. "
                          f"Received: input_shape={input_shape}")
@@ -133,4 +140,4 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
 
 
 __all__ = ["ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
-           "build_unet", "build_vgg16_unet", "build_mobilenetv2_unet"]
+           "build_unet", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]

@@ -58,8 +58,9 @@ def conv_block(x, filters, *, name, spatial_dims=2, n_convs=2, kernel_size=3, ba
     return x
 
 
-def decoder_stage(x, skip, filters, *, name, spatial_dims=2, upsample="transpose", batchnorm=False):
-    """One U-Net decoder stage: x2 upsampling -> concat skip (if any) -> `conv_block`.
+def decoder_stage(x, skip, filters, *, name, spatial_dims=2, upsample="transpose", batchnorm=False,
+                  factor=2):
+    """One U-Net decoder stage: upsampling by `factor` -> concat skip (if any) -> `conv_block`.
 
     Args:
         x: the deeper feature map.
@@ -69,16 +70,18 @@ def decoder_stage(x, skip, filters, *, name, spatial_dims=2, upsample="transpose
         spatial_dims: 2 or 3.
         upsample: "transpose" (learned 2x2 transposed conv, stride 2) or "nearest" (x2 repeat).
         batchnorm: BN inside the conv block.
+        factor: upsampling factor, an int or one per spatial axis (e.g. (1, 2, 2) for volumes
+            whose depth was not downsampled).
 
     Returns:
         The output tensor.
     """
     if upsample == "transpose":
         x = layer_class("conv_transpose", spatial_dims)(
-            filters, 2, strides=2, padding="same", kernel_initializer="he_normal",
+            filters, factor, strides=factor, padding="same", kernel_initializer="he_normal",
             name=f"{name}_upsample")(x)
     elif upsample == "nearest":
-        x = layer_class("upsample", spatial_dims)(2, name=f"{name}_upsample")(x)
+        x = layer_class("upsample", spatial_dims)(factor, name=f"{name}_upsample")(x)
     else:
         raise ValueError(f"`upsample` must be one of {UPSAMPLE_MODES}. Received: upsample={upsample!r}")
     if skip is not None:
