@@ -108,14 +108,10 @@ def split_by_subject(records, fractions=(0.8, 0.2), seed=0):
 
     Subjects (not files) are shuffled with `seed` and dealt out by cumulative fraction.
     """
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.min() < 0 or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"`fractions` must be non-negative and sum to 1. Received: {fractions.tolist()}")
-    subjects = sorted({r.subject for r in records})
-    np.random.default_rng(seed).shuffle(subjects)
-    bounds = np.round(np.cumsum(fractions) * len(subjects)).astype(int)
-    which = {s: int(np.searchsorted(bounds, i, side="right")) for i, s in enumerate(subjects)}
-    return [[r for r in records if which[r.subject] == k] for k in range(len(fractions))]
+    from tlunet.data.folders import split_indices
+
+    parts = split_indices(len(records), fractions, seed=seed, groups=[r.subject for r in records])
+    return [[records[i] for i in part] for part in parts]
 
 
 def _read_filled(path):

@@ -131,24 +131,27 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
         raise ValueError(f"images (N, H, W, C) and masks (N, H, W[, 1]) must agree. "
                          f"Received: images {images.shape}, masks {masks.shape}")
     cfg = get_augment_config(augment)
-    ds = tf.data.Dataset.from_tensor_slices((images, masks))
+
+    def prepare(pair, seeds):
+        # Whole batches are augmented at once (one resampling op each), each sample with its seed.
+        x = tf.cast(pair[0], tf.float32) / 255.0
+        y = tf.cast(pair[1], tf.float32)
+        return augment_batch(x, y, seeds, cfg) if cfg != get_augment_config(None) else (x, y)
+
+    return _seeded_batches((images, masks), prepare, batch_size, shuffle, seed, repeat, drop_remainder)
+
+
+def _seeded_batches(arrays, prepare, batch_size, shuffle, seed, repeat=False, drop_remainder=False):
+    """Shuffle (seeded, reshuffled every epoch), pair every sample with its own stateless-RNG seed,
+    batch, then `prepare(batch, seeds)` in parallel with a deterministic order, and prefetch."""
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds))
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    augment = cfg != get_augment_config(None)
-
-    def prepare(pair, s):
-        # Whole batches are augmented at once (one resampling op each), each sample with its seed.
-        images = tf.cast(pair[0], tf.float32) / 255.0
-        masks = tf.cast(pair[1], tf.float32)
-        if augment:
-            images, masks = augment_batch(images, masks, s, cfg)
-        return images, masks
-
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -162,17 +165,11 @@ def make_classification_dataset(frames, labels, size, batch_size=16, augment=Non
     images = np.stack([resize_pair(f[..., :channels], np.zeros(f.shape[:2], np.uint8), size)[0]
                        for f in frames])
     cfg = get_augment_config(augment)
-    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).batch(batch_size)
-    augment = cfg != get_augment_config(None)
 
-    def prepare(pair, s):
+    def prepare(pair, seeds):
         x = tf.cast(pair[0], tf.float32) / 255.0
-        if augment:
-            x, _ = augment_batch(x, tf.zeros_like(x[..., :1]), s, cfg)
+        if cfg != get_augment_config(None):
+            x, _ = augment_batch(x, tf.zeros_like(x[..., :1]), seeds, cfg)
         return x, pair[1]
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return _seeded_batches((images, np.asarray(labels, np.int32)), prepare, batch_size, shuffle, seed)
