@@ -62,8 +62,9 @@ register_model(ModelInfo(
     pretrained_encoder=True))
 register_model(ModelInfo(
     "resnet18_3d_unet", build_resnet18_3d_unet,
-    "3D U-Net on a torchvision r3d_18-layout ResNet-18 encoder (Kinetics weights: planned)",
-    "Bressem et al. 2021", reference_shape=(32, 128, 128, 1), divisor=(8, 16, 16)))
+    "3D U-Net on a torchvision r3d_18-layout ResNet-18 encoder (Kinetics-400 weights)",
+    "Bressem et al. 2021", reference_shape=(32, 128, 128, 1), divisor=(8, 16, 16),
+    pretrained_encoder=True))
 
 
 def list_models():
