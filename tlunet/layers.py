@@ -72,3 +72,54 @@ class EncoderPreprocessing(keras.layers.Layer):
         config = super().get_config()
         config.update({"mode": self.mode})
         return config
+
+
+@keras.saving.register_keras_serializable(package="tlunet")
+class SelectiveFusion(keras.layers.Layer):
+    """Attention-based selective fusion of two feature maps of equal shape (Wang et al. 2020's
+    hybrid encoder, after selective-kernel units): u = a + b; s = global average of u; per-channel
+    weights w = softmax over the two branches of a two-layer MLP of s; output w_a * a + w_b * b.
+
+    Args:
+        reduction: hidden width of the MLP is max(channels // reduction, min_units).
+        min_units: lower bound of the hidden width.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, reduction=4, min_units=8, **kwargs):
+        super().__init__(**kwargs)
+        if reduction < 1 or min_units < 1:
+            raise ValueError(f"`reduction` and `min_units` must be >= 1. Received: {reduction}, {min_units}")
+        self.reduction = reduction
+        self.min_units = min_units
+
+    def build(self, input_shape):
+        a, b = input_shape
+        if tuple(a[1:]) != tuple(b[1:]):
+            raise ValueError(f"SelectiveFusion needs two inputs of equal shape. Received: {a} and {b}")
+        channels = a[-1]
+        hidden = max(channels // self.reduction, self.min_units)
+        self.squeeze_kernel = self.add_weight((channels, hidden), initializer="glorot_uniform", name="squeeze_kernel")
+        self.squeeze_bias = self.add_weight((hidden,), initializer="zeros", name="squeeze_bias")
+        self.attend_kernel = self.add_weight((hidden, 2 * channels), initializer="glorot_uniform", name="attend_kernel")
+        self.attend_bias = self.add_weight((2 * channels,), initializer="zeros", name="attend_bias")
+
+    def branch_weights(self, inputs):
+        """(B, 2, C) softmax weights of the two branches."""
+        a, b = inputs
+        s = ops.mean(a + b, axis=tuple(range(1, len(a.shape) - 1)))
+        z = ops.relu(ops.matmul(s, self.squeeze_kernel) + self.squeeze_bias)
+        logits = ops.matmul(z, self.attend_kernel) + self.attend_bias
+        return ops.softmax(ops.reshape(logits, (-1, 2, a.shape[-1])), axis=1)
+
+    def call(self, inputs):
+        a, b = inputs
+        w = self.branch_weights(inputs)
+        shape = (-1,) + (1,) * (len(a.shape) - 2) + (a.shape[-1],)
+        return a * ops.reshape(w[:, 0], shape) + b * ops.reshape(w[:, 1], shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "reduction": self.reduction, "min_units": self.min_units}

@@ -91,3 +91,70 @@ def transfer_weights(src, dst, *, include=None, exclude=(), match="path", rename
         raise ValueError(f"transfer_weights(strict=True) from {src.name!r} to {dst.name!r}: {report}; "
                          f"missing {report.missing[:5]}, mismatched {[m[0] for m in report.shape_mismatch[:5]]}")
     return report
+
+
+# ------------------------------------------------------------ Wang et al. 2020's transfer methods
+TRANSFER_METHODS = {
+    "scratch": "no transfer: the target model from random initialisation (the baseline)",
+    "continual": "continual learning: the whole pre-trained model, head included, fine-tuned on the target",
+    "body": "body fine-tuning: every layer but the head transferred, a new head, all fine-tuned",
+    "encoder": "pre-trained encoder: encoder blocks and bottleneck transferred, decoder and head new",
+    "hybrid": "hybrid encoder: a new target encoder plus the pre-trained encoder (adapted), merged by "
+              "selective fusion; decoder and head new",
+}
+
+
+def _unet_config(source):
+    """Recovers `build_unet` arguments from a built plain U-Net."""
+    names = {layer.name for layer in source.layers}
+    levels = sorted(int(n[len("encoder_block"):-len("_conv1")]) for n in names
+                    if n.startswith("encoder_block") and n.endswith("_conv1"))
+    if not levels or "bottleneck_conv1" not in names:
+        raise ValueError(f"Transfer methods need a plain U-Net source (unet / unet3d: layers "
+                         f"encoder_block{{i}}_conv1, bottleneck_conv1); model {source.name!r} is not one.")
+    filters = tuple(source.get_layer(f"encoder_block{i}_conv1").filters for i in levels) + \
+        (source.get_layer("bottleneck_conv1").filters,)
+    return {"filters": filters, "batchnorm": "encoder_block1_bn1" in names}
+
+
+def build_transfer_model(method, source, *, classes=None, input_shape=None, activation="auto"):
+    """A target model initialised from a pre-trained `source` U-Net by one of Wang et al. 2020's
+    transfer methods (see `TRANSFER_METHODS`). Train it on the target afterwards with every layer
+    trainable (all four methods fine-tune everything; freeze with `tlunet.finetune` if wanted).
+
+    Args:
+        method: one of `TRANSFER_METHODS`.
+        source: a trained `unet3d` (or any plain `build_unet` model).
+        classes: target classes; default the source's. "continual" needs the source's.
+        input_shape: target input shape; default the source's (the U-Net is fully convolutional).
+        activation: head activation of newly built heads.
+
+    Returns:
+        (model, TransferReport) — the report lists the copied layer paths.
+    """
+    from tlunet.models.unet import build_hybrid_unet3d, build_unet
+
+    if method not in TRANSFER_METHODS:
+        raise ValueError(f"`method` must be one of {sorted(TRANSFER_METHODS)}. Received: method={method!r}")
+    arch = _unet_config(source)
+    source_classes = source.get_layer("head_conv").filters
+    classes = source_classes if classes is None else classes
+    input_shape = tuple(source.input_shape[1:]) if input_shape is None else tuple(input_shape)
+    if method == "continual" and classes != source_classes:
+        raise ValueError(f"continual learning keeps the source head ({source_classes} classes); for "
+                         f"{classes} target classes use method='body'. Received: classes={classes}")
+    if method == "hybrid":
+        model = build_hybrid_unet3d(input_shape, classes, activation=activation, **arch) \
+            if len(input_shape) == 4 else None
+        if model is None:
+            raise ValueError(f"the hybrid encoder is built for volumes. Received: input_shape={input_shape}")
+        report = transfer_weights(source, model, include=["source_encoder"],
+                                  rename=lambda key: f"source_encoder/{key}", strict=True)
+        return model, report
+    name = "unet3d" if len(input_shape) == 4 else "unet"
+    model = build_unet(input_shape, classes, activation=activation, name=name, **arch)
+    if method == "scratch":
+        return model, TransferReport(missing=[p for p, layer in iter_layers(model) if layer.weights])
+    scope = {"continual": (None, ()), "body": (None, ["head"]), "encoder": (["encoder", "bottleneck"], ())}[method]
+    report = transfer_weights(source, model, include=scope[0], exclude=scope[1], strict=True)
+    return model, report

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
 from tlunet.models.resnet3d import build_resnet18_3d_unet
-from tlunet.models.unet import build_unet
+from tlunet.models.unet import build_hybrid_unet3d, build_unet, build_unet3d
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ register_model(ModelInfo(
     "MobileNetV2 encoder, smp-style decoder 256-16 with BN, nearest upsampling",
     "Wang et al. 2023", reference_shape=(512, 512, 3), divisor=32, channels=(1, 3),
     pretrained_encoder=True))
+register_model(ModelInfo(
+    "unet3d", build_unet3d,
+    "3D U-Net 32-320 filters, conv-BN-ReLU, transposed-conv decoder (nnU-Net widths)",
+    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=16))
+register_model(ModelInfo(
+    "hybrid_unet3d", build_hybrid_unet3d,
+    "unet3d with two encoders (target + pre-trained source) merged by selective fusion",
+    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=16))
 register_model(ModelInfo(
     "resnet18_3d_unet", build_resnet18_3d_unet,
     "3D U-Net on a torchvision r3d_18-layout ResNet-18 encoder (Kinetics-400 weights)",
@@ -141,4 +149,4 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
 
 
 __all__ = ["ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
-           "build_unet", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]
+           "build_unet", "build_unet3d", "build_hybrid_unet3d", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]
