@@ -72,6 +72,11 @@ def load_config(name_or_path, profile=None, overrides=None):
 
 def config_from_dict(raw, path, profile=None, overrides=None):
     """Like `load_config` for a dict; relative paths resolve against `path`'s directory."""
+    if raw.get("task") == "volume":
+        from tlunet import experiment3d
+        return experiment3d.config_from_dict(raw, path, profile, overrides)
+    if raw.get("task", "image") != "image":
+        raise ConfigError(f"{path}: task {raw['task']!r} is not 'image' or 'volume'")
     raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", {}) or {}
     if profile is not None and profile not in profiles:
@@ -84,7 +89,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     return cfg
 
 
-KNOWN_KEYS = {"name", "seed", "deterministic", "data", "model", "training", "sweep", "runs", "paper",
+KNOWN_KEYS = {"name", "task", "seed", "deterministic", "data", "model", "training", "sweep", "runs", "paper",
               "pretrain", "profile", "_config_path", "description"}
 
 
@@ -281,7 +286,11 @@ def _pretrain(cfg, out_dir, verbose):
 
 
 def run_experiment(cfg, out_dir="results", verbose=0, log=print):
-    """Runs every (run, training fraction, fold) of an experiment config; returns the summary rows."""
+    """Runs every (run, training fraction, fold) of an experiment config; returns the summary rows.
+    Configs with `task: volume` go to `tlunet.experiment3d.run_volume_experiment`."""
+    if cfg.get("task") == "volume":
+        from tlunet.experiment3d import run_volume_experiment
+        return run_volume_experiment(cfg, out_dir, verbose, log)
     import keras
 
     import tlunet

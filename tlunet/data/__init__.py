@@ -10,14 +10,14 @@ from tlunet.data.folders import (LAYOUTS, find_class_folders, find_pairs, frames
 from tlunet.data.hc18 import (HC18Record, fill_annotation, find_hc18, hc18_set, load_hc18_record,
                               split_by_subject, subject_of)
 from tlunet.data.io import DataError, read_image, read_mask
-from tlunet.data.nifti import hu_window, load_nifti, make_patch_dataset, resample, sample_patch
+from tlunet.data.nifti import NIFTI_LAYOUTS, find_nifti_pairs, hu_window, load_nifti, make_patch_dataset, resample, sample_patch
 from tlunet.data.pipeline import (SegmentationSet, load_arrays, make_classification_dataset,
                                   make_dataset, resize_pair)
 
 __all__ = [
     "AUGMENT_PRESETS", "AugmentConfig", "DataError", "HC18Record", "LAYOUTS", "SegmentationSet",
     "augment_pair", "augment_volume", "fill_annotation", "find_class_folders", "find_hc18",
-    "find_pairs", "frames_by_group", "hc18_set", "hu_window", "load_arrays", "load_hc18_record",
+    "find_pairs", "find_nifti_pairs", "NIFTI_LAYOUTS", "frames_by_group", "hc18_set", "hu_window", "load_arrays", "load_hc18_record",
     "load_nifti", "make_classification_dataset", "make_dataset", "make_patch_dataset", "read_frames", "read_image", "read_mask", "resample",
     "resize_pair", "sample_patch", "split_by_subject", "split_indices", "subject_of",
 ]

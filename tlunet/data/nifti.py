@@ -76,6 +76,52 @@ def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spaci
     return {"image": image, "mask": mask, "spacing": spacing}
 
 
+NIFTI_LAYOUTS = {
+    "generic": ("images", "masks"),
+    "msd": ("imagesTr", "labelsTr"),                     # Medical Segmentation Decathlon / nnU-Net
+    "covid19_ct_seg": ("COVID-19-CT-Seg_20cases", "Infection_Mask"),  # Ma et al. (Zenodo 3757476)
+}
+
+
+def _nifti_stem(name):
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4]
+    return stem[:-5] if stem.endswith("_0000") else stem  # nnU-Net channel suffix
+
+
+def find_nifti_pairs(root, layout="generic"):
+    """CT volumes and label volumes in two folders, matched by name (`images/case1.nii.gz` <->
+    `masks/case1.nii.gz`; nnU-Net's `_0000` channel suffix is ignored).
+
+    Args:
+        root: the folder holding both sub-folders.
+        layout: a key of `NIFTI_LAYOUTS`.
+
+    Returns:
+        list of (case, image_path, mask_path), sorted by case.
+
+    Raises:
+        DataError: missing folder, no volumes, a volume without a label or a label without a volume.
+    """
+    if layout not in NIFTI_LAYOUTS:
+        raise ValueError(f"Unknown NIfTI layout {layout!r}. Valid: {sorted(NIFTI_LAYOUTS)}")
+    folders = [os.path.join(root, d) for d in NIFTI_LAYOUTS[layout]]
+    found = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise DataError(f"{folder}: folder not found (layout {layout!r} expects "
+                            f"{' and '.join(NIFTI_LAYOUTS[layout])} under {root})")
+        found.append({_nifti_stem(f): os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                      if f.endswith((".nii", ".nii.gz")) and not f.startswith(".")})
+    images, masks = found
+    if not images:
+        raise DataError(f"{folders[0]}: no .nii/.nii.gz volumes")
+    lonely = sorted(set(images) ^ set(masks))
+    if lonely:
+        which = [f"{c} ({'no label' if c in images else 'no volume'})" for c in lonely[:5]]
+        raise DataError(f"{root}: unmatched cases: {', '.join(which)}")
+    return [(c, images[c], masks[c]) for c in sorted(images)]
+
+
 def sample_patch(volume, mask, patch_size, rng, foreground_prob=0.33):
     """One random (D, H, W) patch; with probability `foreground_prob` it is centred on a random
     foreground voxel (oversampling rare lesions). Volumes smaller than the patch are zero-padded."""
@@ -132,6 +178,8 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
 
     spec = tf.TensorSpec((*patch_size, 1), tf.float32)
     ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
+    # a known length lets Keras count steps (and not warn that the generator "ran out of data")
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(volumes) * patches_per_volume))
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(

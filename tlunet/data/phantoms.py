@@ -143,8 +143,11 @@ def lung_ultrasound(size=(256, 256), n_b_lines=0, pleural_irregularity=0.0, cons
                        "consolidation": consolidation, "pleura_y": pleura_y}}
 
 
-def ct_volume(shape=(32, 96, 96), n_lesions=3, spacing=(2.5, 0.8, 0.8), seed=0):
-    """A synthetic chest-CT volume in Hounsfield units with ground-glass lesions in the lungs.
+def ct_volume(shape=(32, 96, 96), n_lesions=3, spacing=(2.5, 0.8, 0.8), seed=0, lesion_hu=-500.0,
+              lesion_radius=(0.04, 0.08)):
+    """A synthetic chest-CT volume in Hounsfield units with lesions in the lungs: by default
+    ground-glass opacities (-500 HU, COVID-19-like); `lesion_hu=30` and larger `lesion_radius`
+    (fractions of the in-plane size) give solid tumour-like lesions (a non-COVID source task).
 
     Returns:
         dict: image float32 (D, H, W) in HU (air -1000, soft tissue ~40, lung ~-850, ground glass
@@ -164,10 +167,10 @@ def ct_volume(shape=(32, 96, 96), n_lesions=3, spacing=(2.5, 0.8, 0.8), seed=0):
     lung_voxels = np.argwhere(lungs)
     for _ in range(n_lesions):
         cz, cy, cx = lung_voxels[rng.integers(len(lung_voxels))]
-        r = rng.uniform(0.04, 0.08) * h
+        r = rng.uniform(*lesion_radius) * h
         blob = ((z - cz) * spacing[0] / spacing[1] / r) ** 2 + ((y - cy) / r) ** 2 + ((x - cx) / r) ** 2 <= 1
         lesions |= blob & lungs
-    image[lesions] = -500.0
+    image[lesions] = lesion_hu
     image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 20, shape)
     return {"image": image.astype(np.float32), "mask": lesions.astype(np.uint8),
             "lungs": lungs.astype(np.uint8), "spacing": spacing}

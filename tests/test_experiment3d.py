@@ -1,0 +1,112 @@
+"""The volume experiment runner (`task: volume`) end to end on tiny CT phantoms, and NIfTI folders."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from tlunet.data import DataError, find_nifti_pairs
+from tlunet.data.phantoms import ct_volume
+from tlunet.experiment import ConfigError, config_from_dict, load_config, run_experiment
+
+TINY3D = {
+    "name": "tiny3d",
+    "task": "volume",
+    "data": {"kind": "ct_phantom", "n": 4, "shape": [16, 40, 40], "patch_size": [16, 32, 32],
+             "split": [0.5, 0.25, 0.25]},
+    "model": {"name": "unet3d", "filters": [4, 8, 16]},
+    "training": {"epochs": 1, "batch_size": 2, "patches_per_volume": 2},
+    "inference": {"overlap": 0.25},
+    "pretrain": {"data": {"n": 3, "lesion_hu": 30, "seed_offset": 100}, "training": {"epochs": 1}},
+    "runs": [{"name": "scratch", "transfer": "scratch"}, {"name": "hybrid", "transfer": "hybrid"},
+             {"name": "body", "transfer": "body"}],
+    "paper": {"dice": {"hybrid": 0.7}},
+}
+
+
+@pytest.mark.slow
+def test_volume_runner_pretrains_transfers_evaluates_and_skips_finished_runs(tmp_path):
+    cfg = config_from_dict(TINY3D, str(tmp_path / "tiny.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    assert [r["run"] for r in rows] == ["scratch", "hybrid", "body"]
+    assert all(0 <= r["dice"] <= 1 and 0 <= r["nsd"] <= 1 for r in rows)
+    exp = tmp_path / "results" / "tiny3d"
+    assert (exp / "pretrain" / "source.keras").exists()
+    for name in ("config.yaml", "metrics.csv", "model.keras", "figures/overlays.png",
+                 "figures/learning_curves.png", "done.json"):
+        assert (exp / "hybrid" / name).exists(), name
+    saved = yaml.safe_load(open(exp / "body" / "config.yaml"))
+    assert saved["weights_used"].startswith("body: ") and "from the source model" in saved["weights_used"]
+    assert not set(saved["train_cases"]) & set(saved["test_cases"])
+    assert rows[1]["trainable_params"] > rows[0]["trainable_params"]  # two encoders + fusion
+    summary = open(exp / "summary.md").read()
+    assert "| hybrid | hybrid |" in summary and "0.7" in summary and "NSD@1 mm" in summary
+    logs = []
+    again = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=logs.append)
+    assert sum("skipped" in line for line in logs) == 3
+    assert [r["dice"] for r in again] == [r["dice"] for r in rows]
+
+
+def _write_nifti(root, n=3, shape=(16, 32, 32)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        ct = ct_volume(shape, seed=i)
+        affine = np.diag([*ct["spacing"][::-1], 1.0])
+        nib.save(nib.Nifti1Image(ct["image"].transpose(2, 1, 0), affine), root / "images" / f"case{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(ct["mask"].transpose(2, 1, 0), affine), root / "masks" / f"case{i}.nii.gz")
+    return root
+
+
+@pytest.mark.slow
+def test_volume_runner_reads_nifti_folders_and_folds(tmp_path):
+    root = _write_nifti(tmp_path / "ct")
+    raw = {**TINY3D, "data": {"kind": "nifti", "root": str(root), "patch_size": [16, 32, 32]},
+           "runs": [{"name": "r3d"}],
+           "sweep": {"folds": 3, "train_on": "fold"}}
+    raw.pop("pretrain")
+    cfg = config_from_dict(raw, str(tmp_path / "nifti.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    assert rows[0]["folds"] == 3 and rows[0]["n_train"] == 1 and rows[0]["n_test"] == 2
+    metrics = (tmp_path / "results" / "tiny3d" / "r3d-fold0" / "metrics.csv").read_text()
+    assert "case" in metrics and "hd95_mm" in metrics
+
+
+def test_find_nifti_pairs_matches_and_names_unmatched_cases(tmp_path):
+    root = _write_nifti(tmp_path / "ct", n=2)
+    assert [c for c, _, _ in find_nifti_pairs(root)] == ["case0", "case1"]
+    (root / "masks" / "case1.nii.gz").unlink()
+    with pytest.raises(DataError, match="case1 \\(no label\\)"):
+        find_nifti_pairs(root)
+    with pytest.raises(DataError, match="labelsTr"):
+        find_nifti_pairs(root, "msd")
+
+
+@pytest.mark.parametrize("change,error", [
+    ({"runs": [{"name": "x", "transfer": "distill"}]}, "transfer 'distill'"),
+    ({"data": {"kind": "dicom"}}, "data.kind"),
+    ({"inference": {"overlap_ratio": 0.5}}, "unknown inference keys"),
+    ({"sweep": {"train_on": "half"}}, "train_on"),
+    ({"task": "video"}, "task 'video'"),
+])
+def test_bad_volume_configs_are_named(tmp_path, change, error):
+    raw = dict(TINY3D)
+    for k, v in change.items():
+        raw[k] = {**TINY3D[k], **v} if isinstance(v, dict) and k in TINY3D else v
+    with pytest.raises(ConfigError, match=error):
+        config_from_dict(raw, str(tmp_path / "bad.yaml"))
+    no_source = {k: v for k, v in TINY3D.items() if k != "pretrain"}
+    with pytest.raises(ConfigError, match="no `pretrain` block"):
+        config_from_dict(no_source, str(tmp_path / "bad.yaml"))
+
+
+def test_shipped_volume_configs_load_in_every_profile():
+    for name in ("bressem2021_covid3d", "wang2020_lesion_transfer"):
+        for profile in (None, "quick", "full"):
+            cfg = load_config(name, profile)
+            assert cfg["task"] == "volume" and cfg["runs"]
+    wang = load_config("wang2020_lesion_transfer")
+    assert {r["transfer"] for r in wang["runs"]} == {"scratch", "continual", "body", "encoder", "hybrid"}
+    assert wang["sweep"] == {"folds": 5, "train_on": "fold"}
