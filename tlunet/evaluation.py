@@ -124,3 +124,57 @@ def evaluate(pred, true, spacing=None, tolerance=1.0):
             "hausdorff": hausdorff(pred, true, spacing), "hd95": hd95(pred, true, spacing),
             "assd": assd(pred, true, spacing),
             "nsd": normalized_surface_dice(pred, true, tolerance, spacing)}
+
+
+# ------------------------------------------------------------------------------ classification
+def _binary_auc(scores, positive):
+    """Area under the ROC curve by the rank (Mann-Whitney) formula; ties count half."""
+    from scipy.stats import rankdata
+    pos = positive.sum()
+    neg = len(positive) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def classification_metrics(y_true, probs, class_names=None):
+    """Accuracy, per-class precision/recall/F1/support, macro F1, one-vs-rest macro AUC and the
+    confusion matrix (rows: true class, columns: predicted).
+
+    Args:
+        y_true: (N,) integer labels.
+        probs: (N, K) class probabilities.
+        class_names: K names (default "0".."K-1").
+
+    Returns:
+        dict; AUC of a class absent from `y_true` is NaN and left out of the macro mean.
+    """
+    y_true = np.asarray(y_true).astype(int).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(y_true):
+        raise ValueError(f"`probs` must be (N, K) with N = len(y_true) = {len(y_true)}. Received: {probs.shape}")
+    k = probs.shape[1]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for {k} probability columns")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= k):
+        raise ValueError(f"labels must be in 0..{k - 1}. Received: {np.unique(y_true)}")
+    pred = probs.argmax(axis=1)
+    cm = np.zeros((k, k), int)
+    np.add.at(cm, (y_true, pred), 1)
+    per_class, aucs = {}, []
+    for i, name in enumerate(names):
+        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        auc = _binary_auc(probs[:, i], y_true == i)
+        aucs.append(auc)
+        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                           "auc": auc, "support": int(cm[i].sum())}
+    valid = [a for a in aucs if np.isfinite(a)]
+    return {"accuracy": float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
+            "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
+            "macro_auc": float(np.mean(valid)) if valid else float("nan"),
+            "per_class": per_class, "confusion": cm.tolist(), "class_names": names}

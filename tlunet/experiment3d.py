@@ -208,7 +208,8 @@ def _build(cfg, mcfg, notes):
                 notes[key] = (tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs),
                               f"{weights} encoder")
             except (RuntimeError, ImportError) as e:
-                notes[key] = (None, f"random init: {weights} weights unavailable ({str(e).split('.')[0]})")
+                print(f"[{cfg['name']}] {weights} weights unavailable, using random init: {e}")
+                notes[key] = (None, f"random init ({weights} weights unavailable: no network or file)")
         model, note = notes[key]
         if model is not None:
             fresh = tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs)

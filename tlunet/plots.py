@@ -62,3 +62,24 @@ def overlays(images, truths, preds, path, titles=None, max_rows=4):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def confusion_matrix(cm, class_names, path, title="", normalize=True):
+    """Confusion matrix heat map (rows true, columns predicted) with counts and row fractions."""
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) if normalize else cm
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{int(cm[i, j])}\n{frac[i, j]:.0%}" if normalize else f"{int(cm[i, j])}",
+                    ha="center", va="center", fontsize=8, color="white" if frac[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

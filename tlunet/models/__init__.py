@@ -3,6 +3,7 @@
 import inspect
 from dataclasses import dataclass
 
+from tlunet.models.classifier import seg_to_classifier, segmentation_branch
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
 from tlunet.models.resnet3d import build_resnet18_3d_unet
 from tlunet.models.unet import build_hybrid_unet3d, build_unet, build_unet3d
@@ -148,5 +149,5 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
     return info.builder(shape, classes, **kwargs)
 
 
-__all__ = ["ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
+__all__ = ["seg_to_classifier", "segmentation_branch", "ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
            "build_unet", "build_unet3d", "build_hybrid_unet3d", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]
