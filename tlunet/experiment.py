@@ -75,8 +75,11 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     if raw.get("task") == "volume":
         from tlunet import experiment3d
         return experiment3d.config_from_dict(raw, path, profile, overrides)
+    if raw.get("task") == "classification":
+        from tlunet import experiment_cls
+        return experiment_cls.config_from_dict(raw, path, profile, overrides)
     if raw.get("task", "image") != "image":
-        raise ConfigError(f"{path}: task {raw['task']!r} is not 'image' or 'volume'")
+        raise ConfigError(f"{path}: task {raw['task']!r} is not 'image', 'volume' or 'classification'")
     raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", {}) or {}
     if profile is not None and profile not in profiles:
@@ -291,6 +294,9 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     if cfg.get("task") == "volume":
         from tlunet.experiment3d import run_volume_experiment
         return run_volume_experiment(cfg, out_dir, verbose, log)
+    if cfg.get("task") == "classification":
+        from tlunet.experiment_cls import run_classification_experiment
+        return run_classification_experiment(cfg, out_dir, verbose, log)
     import keras
 
     import tlunet

@@ -9,9 +9,10 @@ import numpy as np  # noqa: E402
 
 
 def learning_curves(history, path, title=""):
-    """Loss and Dice per epoch (train and validation) from a history dict."""
+    """Loss and Dice (or accuracy, for classifiers) per epoch, train and validation."""
+    score = "dice" if "dice" in history or "accuracy" not in history else "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("loss", "dice")):
+    for ax, key in zip(axes, ("loss", score)):
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:

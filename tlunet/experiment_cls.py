@@ -1,0 +1,347 @@
+"""The runner for reverse-transfer experiments (Gare et al. 2022): configs with `task: classification`.
+
+1. Train a multi-class line-segmentation U-Net (background, pleural line, A-line, B-line) once per
+   label kind the runs need: dense (filled regions) and/or sparse (1-px line annotations).
+2. For each run, turn the chosen segmentation model — or the same architecture untrained — into a
+   classifier (`seg_to_classifier`) and train it on class-labelled frames, split by video.
+3. Evaluate per frame and per video (mean of its frames' probabilities); write metrics, the
+   confusion matrix and explanation figures (segmentation overlay + Grad-CAM) as PNG.
+
+results/<exp>/segmentation_<kind>/, results/<exp>/<run>/{metrics.json, predictions.csv,
+figures/confusion.png, figures/explain_*.png, done.json}, results/<exp>/summary.{md,csv}.
+"""
+
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import yaml
+
+from tlunet.experiment import ConfigError, _merge, _resolve, _write_csv
+
+DEFAULTS = {
+    "seed": 0,
+    "classes": ["covid", "pneumonia", "regular"],
+    "data": {"kind": "lung_us_videos", "image_size": [128, 128], "split": [0.6, 0.2, 0.2]},
+    "segmentation": {
+        "data": {"kind": "lung_us_lines", "n": 120, "image_size": [128, 128]},
+        "model": {"name": "unet", "filters": [16, 32, 64, 128, 256]},
+        "training": {"epochs": 20, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "augment": None},
+    },
+    "classifier": {"inputs": "both", "hidden": 64, "dropout": 0.3},
+    "training": {"epochs": 20, "batch_size": 16, "learning_rate": 3e-4, "augment": None, "patience": None},
+    "explain": {"n": 3},
+    "runs": [],
+}
+KNOWN_KEYS = {"name", "task", "seed", "classes", "data", "segmentation", "classifier", "training", "explain",
+              "runs", "paper", "profile", "_config_path", "description"}
+INITS = ("dense", "sparse", "random")
+DATA_KEYS = {"root", "n_videos", "frames_per_video", "phantom_size", "every", "max_frames", "limit"}
+SEG_DATA_KEYS = {"root", "layout", "n", "phantom_size", "labels", "limit"}
+
+
+def config_from_dict(raw, path, profile=None, overrides=None):
+    """Applies DEFAULTS, the profile and overrides to a `task: classification` config; validates."""
+    raw = copy.deepcopy(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if profile is not None and profile not in profiles:
+        raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
+    cfg = _merge(_merge(_merge(DEFAULTS, raw), profiles.get(profile) if profile else None), overrides)
+    cfg["profile"] = profile or "default"
+    cfg["_config_path"] = path
+    _validate(cfg, path)
+    return cfg
+
+
+def _validate(cfg, path):
+    import tlunet
+    from tlunet.models.classifier import FEATURE_INPUTS
+
+    unknown = sorted(set(cfg) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(k for k in KNOWN_KEYS if k[0] != '_')}")
+    checks = [("data", cfg["data"], set(DEFAULTS["data"]) | DATA_KEYS),
+              ("segmentation.data", cfg["segmentation"]["data"], set(DEFAULTS["segmentation"]["data"]) | SEG_DATA_KEYS),
+              ("training", cfg["training"], set(DEFAULTS["training"])),
+              ("segmentation.training", cfg["segmentation"]["training"], set(DEFAULTS["segmentation"]["training"])),
+              ("classifier", cfg["classifier"], set(DEFAULTS["classifier"]))]
+    for where, section, valid in checks:
+        extra = sorted(set(section) - valid)
+        if extra:
+            raise ConfigError(f"{path}: unknown {where} keys {extra}; valid: {sorted(valid)}")
+    if cfg["data"]["kind"] not in FRAME_KINDS:
+        raise ConfigError(f"{path}: data.kind {cfg['data']['kind']!r} is not one of {sorted(FRAME_KINDS)}")
+    if cfg["segmentation"]["data"]["kind"] not in SEG_KINDS:
+        raise ConfigError(f"{path}: segmentation.data.kind {cfg['segmentation']['data']['kind']!r} is not one "
+                          f"of {sorted(SEG_KINDS)}")
+    if cfg["classifier"]["inputs"] not in FEATURE_INPUTS:
+        raise ConfigError(f"{path}: classifier.inputs must be one of {FEATURE_INPUTS}")
+    if not isinstance(cfg["classes"], list) or len(cfg["classes"]) < 2:
+        raise ConfigError(f"{path}: `classes` must list at least two class names")
+    if not cfg["runs"]:
+        raise ConfigError(f"{path}: `runs` is empty")
+    for run in cfg["runs"]:
+        if run.get("init") not in INITS:
+            raise ConfigError(f"{path}: run {run.get('name')!r}: init must be one of {INITS}")
+    try:
+        tlunet.get_model_info(cfg["segmentation"]["model"]["name"])
+    except ValueError as e:
+        raise ConfigError(f"{path}: segmentation.model: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------- data
+# SYNTHETIC lung-ultrasound classes, a deliberately simple rule (documented in the experiment README):
+#   covid:     3-6 B-lines and an irregular pleural line (irregularity 0.6-1.0), no consolidation
+#   pneumonia: a subpleural consolidation, 0-2 B-lines, mildly irregular pleura (0.2-0.5)
+#   regular:   A-lines (no B-lines), smooth pleura (irregularity 0-0.15), no consolidation
+PHANTOM_CLASS_RULE = {
+    "covid": {"n_b_lines": (3, 6), "pleural_irregularity": (0.6, 1.0), "consolidation": False},
+    "pneumonia": {"n_b_lines": (0, 2), "pleural_irregularity": (0.2, 0.5), "consolidation": True},
+    "regular": {"n_b_lines": (0, 0), "pleural_irregularity": (0.0, 0.15), "consolidation": False},
+}
+
+
+def phantom_videos(classes, n_videos, frames_per_video, size, seed=0):
+    """Class-labelled SYNTHETIC lung-ultrasound 'videos' (frames sharing one video's parameters).
+    Returns (frames uint8 (H, W, 1) list, labels, groups = video ids)."""
+    from tlunet.data.phantoms import lung_ultrasound
+    missing = [c for c in classes if c not in PHANTOM_CLASS_RULE]
+    if missing:
+        raise ValueError(f"the lung-US phantom only knows classes {sorted(PHANTOM_CLASS_RULE)}; not {missing}")
+    rng = np.random.default_rng(seed)
+    frames, labels, groups = [], [], []
+    for label, name in enumerate(classes):
+        rule = PHANTOM_CLASS_RULE[name]
+        for v in range(n_videos):
+            n_b = int(rng.integers(rule["n_b_lines"][0], rule["n_b_lines"][1] + 1))
+            irregularity = float(rng.uniform(*rule["pleural_irregularity"]))
+            for t in range(frames_per_video):
+                f = lung_ultrasound(tuple(size), n_b_lines=n_b, pleural_irregularity=irregularity,
+                                    consolidation=rule["consolidation"], seed=int(rng.integers(1 << 30)))
+                frames.append(f["image"][..., None])
+                labels.append(label)
+                groups.append(f"{name}_video{v:03d}")
+    return frames, np.asarray(labels), groups
+
+
+def _frames_phantom(cfg, d):
+    frames, labels, groups = phantom_videos(cfg["classes"], d.get("n_videos", 8), d.get("frames_per_video", 6),
+                                            d.get("phantom_size", d["image_size"]), seed=cfg["seed"])
+    return frames, labels, groups, f"synthetic lung-US phantom videos ({len(set(groups))} videos, {len(frames)} frames)"
+
+
+def _frames_folders(cfg, d):
+    from tlunet.data import find_class_folders, frames_by_group
+    root = _resolve(cfg, d["root"])
+    items, classes = find_class_folders(root)
+    if sorted(classes) != sorted(cfg["classes"]):
+        raise ConfigError(f"{root}: class folders {classes} do not match `classes` {cfg['classes']}")
+    order = {name: i for i, name in enumerate(cfg["classes"])}
+    for item in items:
+        item["label"] = order[item["class"]]
+    frames, labels, groups = frames_by_group(items, every=d.get("every", 1), max_frames=d.get("max_frames"))
+    return frames, labels, groups, f"{root} ({len(items)} videos/images, {len(frames)} frames)"
+
+
+FRAME_KINDS = {"lung_us_videos": _frames_phantom, "class_folders": _frames_folders}
+
+
+def _seg_phantom(cfg, d, kind):
+    from tlunet.data.phantoms import lung_ultrasound
+    rng = np.random.default_rng(cfg["seed"] + 7)
+    images, masks = [], []
+    for i in range(d["n"]):
+        f = lung_ultrasound(tuple(d.get("phantom_size", d["image_size"])), n_b_lines=int(rng.integers(0, 6)),
+                            pleural_irregularity=float(rng.uniform(0, 1)), consolidation=bool(rng.random() < 0.3),
+                            seed=int(rng.integers(1 << 30)))
+        images.append(f["image"][..., None])
+        masks.append(f[kind])
+    return images, masks, f"synthetic lung-US frames with {kind} line labels ({len(images)})"
+
+
+def _seg_pairs(cfg, d, kind):
+    """Image/label folders; the labels are dense unless `labels: sparse`; the other kind is made
+    with `tlunet.data.lines`."""
+    from tlunet.data import find_pairs, read_image, read_mask
+    from tlunet.data.lines import convert_labels
+    root = _resolve(cfg, d["root"])
+    data = find_pairs(root, d.get("layout", "generic"), num_classes=4)
+    images, masks = [], []
+    for image_path, mask_path in zip(data.images, data.masks):
+        images.append(read_image(image_path, channels=1))
+        mask = read_mask(mask_path, binary=False, num_classes=4)
+        masks.append(mask if d.get("labels", "dense") == kind else convert_labels(mask, kind))
+    return images, masks, f"{root} ({len(images)} frames, {kind} labels)"
+
+
+SEG_KINDS = {"lung_us_lines": _seg_phantom, "pairs": _seg_pairs}
+
+
+def _resize_all(images, masks, size):
+    from tlunet.data.pipeline import resize_pair
+    pairs = [resize_pair(i, m, tuple(size)) for i, m in zip(images, masks)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# ------------------------------------------------------------------------------------- runner
+def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
+    """The line-segmentation model for `kind` ("dense"/"sparse"), trained once and reused.
+    Returns (model, per-class validation Dice dict)."""
+    import keras
+
+    import tlunet
+    from tlunet import evaluation as ev
+    from tlunet.data import make_dataset, split_indices
+    from tlunet.train import compile_model, fit
+    s = cfg["segmentation"]
+    run_dir = os.path.join(exp_dir, f"segmentation_{kind}")
+    path = os.path.join(run_dir, "model.keras")
+    if os.path.isfile(path):
+        with open(os.path.join(run_dir, "val_dice.json")) as f:
+            return keras.models.load_model(path), json.load(f)
+    images, masks, desc = SEG_KINDS[s["data"]["kind"]](cfg, s["data"], kind)
+    images, masks = _resize_all(images, masks, s["data"]["image_size"])
+    train, val = split_indices(len(images), (0.85, 0.15), seed=cfg["seed"])
+    keras.utils.set_random_seed(cfg["seed"])
+    model = tlunet.build_model(s["model"]["name"], input_shape=(*s["data"]["image_size"], 1), classes=4,
+                               **{k: v for k, v in s["model"].items() if k != "name"})
+    t = s["training"]
+    compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
+    fit(model, make_dataset(images[train], masks[train], t["batch_size"], t["augment"], seed=cfg["seed"]),
+        make_dataset(images[val], masks[val], t["batch_size"], shuffle=False), run_dir=run_dir,
+        epochs=t["epochs"], verbose=verbose)
+    pred = np.argmax(model.predict(images[val].astype(np.float32) / 255, verbose=0), axis=-1)
+    names = {1: "pleural", 2: "a_line", 3: "b_line"}
+    val_dice = {names[c]: float(np.nanmean([ev.dice(p == c, m == c) for p, m in zip(pred, masks[val])
+                                            if (m == c).any() or (p == c).any()] or [float("nan")]))
+                for c in (1, 2, 3)}
+    with open(os.path.join(run_dir, "val_dice.json"), "w") as f:
+        json.dump(val_dice, f)
+    with open(os.path.join(run_dir, "source.txt"), "w") as f:
+        f.write(desc + "\n")
+    model.save(path + ".partial.keras")
+    os.replace(path + ".partial.keras", path)
+    log(f"[{cfg['name']}] {kind}-label segmentation on {desc}: val Dice "
+        + ", ".join(f"{k} {v:.3f}" for k, v in val_dice.items()))
+    return model, val_dice
+
+
+def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
+    """Runs every run of a `task: classification` config; returns the summary rows."""
+    import keras
+
+    import tlunet
+    from tlunet import evaluation as ev
+    from tlunet.data import make_classification_dataset, split_indices
+    from tlunet.explain import explain_figure
+    from tlunet.finetune import trainable_params
+    from tlunet.models import seg_to_classifier
+    from tlunet.plots import confusion_matrix, learning_curves
+    from tlunet.train import configure, fit
+
+    exp_dir = os.path.join(out_dir, cfg["name"])
+    os.makedirs(exp_dir, exist_ok=True)
+    configure(cfg["seed"])
+    start = time.time()
+    d, t, names = cfg["data"], cfg["training"], cfg["classes"]
+    frames, labels, groups, source = FRAME_KINDS[d["kind"]](cfg, d)
+    train, val, test = split_indices(len(frames), d["split"], seed=cfg["seed"], groups=groups)
+    size = tuple(d["image_size"])
+    log(f"[{cfg['name']}] data: {source}; {len(train)}/{len(val)}/{len(test)} frames train/val/test, "
+        "split by video")
+    seg = {kind: train_segmentation(cfg, kind, exp_dir, verbose, log)
+           for kind in ("dense", "sparse") if any(r["init"] == kind for r in cfg["runs"])}
+    test_images = make_classification_dataset([frames[i] for i in test], labels[test], size, t["batch_size"],
+                                              shuffle=False)
+    summary = []
+    for run in cfg["runs"]:
+        run_dir = os.path.join(exp_dir, run["name"])
+        done = os.path.join(run_dir, "done.json")
+        if os.path.isfile(done):
+            with open(done) as f:
+                summary.append(json.load(f))
+            log(f"[{cfg['name']}] {run['name']}: done earlier, skipped")
+            continue
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(cfg["seed"])
+        if run["init"] == "random":
+            src = tlunet.build_model(cfg["segmentation"]["model"]["name"], input_shape=(*size, 1), classes=4,
+                                     **{k: v for k, v in cfg["segmentation"]["model"].items() if k != "name"})
+            seg_dice = {}
+        else:
+            src, seg_dice = seg[run["init"]]
+        c = cfg["classifier"]
+        model = seg_to_classifier(src, len(names), inputs=c["inputs"], hidden=c["hidden"], dropout=c["dropout"],
+                                  weights="random" if run["init"] == "random" else "keep")
+        model.compile(optimizer=keras.optimizers.Adam(run.get("learning_rate", t["learning_rate"])),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}, f, sort_keys=False)
+        train_ds = make_classification_dataset([frames[i] for i in train], labels[train], size, t["batch_size"],
+                                               t["augment"], seed=cfg["seed"])
+        val_ds = make_classification_dataset([frames[i] for i in val], labels[val], size, t["batch_size"],
+                                             shuffle=False)
+        history = fit(model, train_ds, val_ds, run_dir=run_dir, epochs=t["epochs"], monitor="val_accuracy",
+                      patience=t["patience"], verbose=verbose)
+        learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), run["name"])
+        probs = model.predict(test_images, verbose=0)
+        m = ev.classification_metrics(labels[test], probs, names)
+        videos = sorted({groups[i] for i in test})
+        video_probs = np.stack([probs[[j for j, i in enumerate(test) if groups[i] == v]].mean(axis=0) for v in videos])
+        video_labels = np.array([labels[[i for i in test if groups[i] == v][0]] for v in videos])
+        m["video_accuracy"] = float(np.mean(video_probs.argmax(axis=1) == video_labels))
+        with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+            json.dump(m, f, indent=1)
+        _write_csv(os.path.join(run_dir, "predictions.csv"),
+                   [{"frame": j, "video": groups[i], "true": names[labels[i]], "predicted": names[int(p.argmax())],
+                     **{f"p_{n}": float(p[k]) for k, n in enumerate(names)}} for j, (i, p) in enumerate(zip(test, probs))])
+        confusion_matrix(m["confusion"], names, os.path.join(run_dir, "figures", "confusion.png"),
+                         f"{run['name']} (test frames)")
+        if c["inputs"] != "features":
+            shown = 0
+            for k in range(len(names)):
+                picks = [j for j, i in enumerate(test) if labels[i] == k][:1]
+                for j in picks[:max(0, cfg["explain"]["n"] - shown)]:
+                    image = np.asarray(test_images.unbatch().skip(j).take(1).get_single_element()[0])
+                    explain_figure(model, image, os.path.join(run_dir, "figures", f"explain_{names[k]}.png"),
+                                   names, true_label=k)
+                    shown += 1
+        model.save(os.path.join(run_dir, "model.keras"))
+        row = {"run": run["name"], "init": run["init"], "trainable_params": trainable_params(model),
+               "seg_val_dice": float(np.nanmean(list(seg_dice.values()))) if seg_dice else float("nan"),
+               "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
+               "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),
+               "n_test_frames": len(test), "n_test_videos": len(videos),
+               **{f"f1_{n}": m["per_class"][n]["f1"] for n in names}}
+        with open(done, "w") as f:
+            json.dump(row, f)
+        summary.append(row)
+        log(f"[{cfg['name']}] {run['name']}: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, "
+            f"macro AUC {m['macro_auc']:.3f}, {time.time() - start:.0f}s")
+    _write_summary(cfg, exp_dir, summary, source, log)
+    log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
+    return summary
+
+
+def _write_summary(cfg, exp_dir, rows, source, log=print):
+    from tlunet.experiment import _fmt
+    names = cfg["classes"]
+    paper = cfg.get("paper") or {}
+    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}.", "",
+             "| run | initialised from | seg. val Dice | trainable params | accuracy | macro F1 | macro AUC | "
+             + " | ".join(f"F1 {n}" for n in names) + " | video accuracy | epochs | test frames / videos |",
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['init']} | {_fmt(r['seg_val_dice'])} | {r['trainable_params']:,} | "
+                     f"{_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['macro_auc'])} | "
+                     + " | ".join(_fmt(r[f'f1_{n}']) for n in names)
+                     + f" | {_fmt(r['video_accuracy'])} | {r['epochs']} | {r['n_test_frames']} / {r['n_test_videos']} |")
+    if paper.get("note"):
+        lines += ["", paper["note"]]
+    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
+    log("\n".join(lines))
