@@ -160,6 +160,9 @@ def test_classification_metrics_against_hand_counts():
     assert perfect["macro_auc"] == 1.0 and perfect["macro_f1"] == 1.0
     with pytest.raises(ValueError, match="labels"):
         ev.classification_metrics([0, 5], np.eye(3)[:2])
+    # a class missing from the test labels is not counted as a failure in the macro means
+    absent = ev.classification_metrics([0, 1, 1], np.eye(3)[[0, 1, 1]])
+    assert np.isnan(absent["per_class"]["2"]["f1"]) and absent["macro_f1"] == 1.0
 
 
 TINY_CLS = {
@@ -203,6 +206,17 @@ def test_reverse_transfer_runner_end_to_end(tmp_path):
     logs = []
     run_experiment(cfg, out_dir=str(tmp_path / "results"), log=logs.append)
     assert sum("skipped" in line for line in logs) == 3
+
+
+def test_video_split_is_stratified_and_grouped():
+    from tlunet.experiment_cls import stratified_video_split
+    labels = np.repeat([0, 1, 2], 20)
+    groups = [f"v{i // 4}" for i in range(60)]  # 4 frames per video, 5 videos per class
+    train, val, test = stratified_video_split(labels, groups, (0.6, 0.2, 0.2), seed=3)
+    assert sorted(train + val + test) == list(range(60))
+    for part in (train, val, test):
+        assert set(labels[part]) == {0, 1, 2}
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
 
 
 def test_phantom_videos_follow_the_class_rule():

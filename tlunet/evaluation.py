@@ -148,7 +148,8 @@ def classification_metrics(y_true, probs, class_names=None):
         class_names: K names (default "0".."K-1").
 
     Returns:
-        dict; AUC of a class absent from `y_true` is NaN and left out of the macro mean.
+        dict; a class absent from `y_true` gets NaN recall, F1 and AUC and is left out of the
+        macro means (it cannot be found or missed).
     """
     y_true = np.asarray(y_true).astype(int).ravel()
     probs = np.asarray(probs, dtype=np.float64)
@@ -166,15 +167,16 @@ def classification_metrics(y_true, probs, class_names=None):
     per_class, aucs = {}, []
     for i, name in enumerate(names):
         tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        present = tp + fn > 0
+        precision = tp / (tp + fp) if tp + fp else (float("nan") if not present else 0.0)
+        recall = tp / (tp + fn) if present else float("nan")
+        f1 = (2 * precision * recall / (precision + recall) if precision + recall else 0.0) if present else float("nan")
         auc = _binary_auc(probs[:, i], y_true == i)
         aucs.append(auc)
         per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
                            "auc": auc, "support": int(cm[i].sum())}
     valid = [a for a in aucs if np.isfinite(a)]
     return {"accuracy": float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
-            "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
+            "macro_f1": float(np.nanmean([c["f1"] for c in per_class.values()])) if len(y_true) else float("nan"),
             "macro_auc": float(np.mean(valid)) if valid else float("nan"),
             "per_class": per_class, "confusion": cm.tolist(), "class_names": names}

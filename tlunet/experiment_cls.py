@@ -186,6 +186,19 @@ def _resize_all(images, masks, size):
 
 
 # ------------------------------------------------------------------------------------- runner
+def stratified_video_split(labels, groups, fractions, seed=0):
+    """Train/val/test frame indices: the videos of each class are split by `fractions` separately
+    (so every class reaches every split when it has enough videos), frames follow their video."""
+    from tlunet.data import split_indices
+    labels = np.asarray(labels)
+    out = [[], [], []]
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        for part, sub in zip(out, split_indices(len(idx), fractions, seed=seed, groups=[groups[i] for i in idx])):
+            part.extend(int(idx[i]) for i in sub)
+    return [sorted(p) for p in out]
+
+
 def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
     """The line-segmentation model for `kind` ("dense"/"sparse"), trained once and reused.
     Returns (model, per-class validation Dice dict)."""
@@ -234,7 +247,7 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
 
     import tlunet
     from tlunet import evaluation as ev
-    from tlunet.data import make_classification_dataset, split_indices
+    from tlunet.data import make_classification_dataset
     from tlunet.explain import explain_figure
     from tlunet.finetune import trainable_params
     from tlunet.models import seg_to_classifier
@@ -247,7 +260,7 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
     start = time.time()
     d, t, names = cfg["data"], cfg["training"], cfg["classes"]
     frames, labels, groups, source = FRAME_KINDS[d["kind"]](cfg, d)
-    train, val, test = split_indices(len(frames), d["split"], seed=cfg["seed"], groups=groups)
+    train, val, test = stratified_video_split(labels, groups, d["split"], cfg["seed"])
     size = tuple(d["image_size"])
     log(f"[{cfg['name']}] data: {source}; {len(train)}/{len(val)}/{len(test)} frames train/val/test, "
         "split by video")
