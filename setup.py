@@ -25,8 +25,9 @@ setup(
     extras_require={
         # medpy: the independent implementation the surface-distance tests compare against.
         # torch: the reference forward pass that proves the r3d_18 converter (plain torch.nn, no
-        # torchvision); those tests skip without it.
-        "dev": ["pytest>=7", "medpy>=0.5", "torch>=2.1"],
+        # torchvision); those tests skip without it. Pinned to the CPU build the CI machines carry
+        # (a newer torch from the registry would pull gigabytes of CUDA wheels).
+        "dev": ["pytest>=7", "medpy>=0.5", "torch==2.13.0"],
         # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
         "bench": ["tf-keras"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).
