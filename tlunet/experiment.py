@@ -80,15 +80,21 @@ def config_from_dict(raw, path, profile=None, overrides=None):
         return experiment_cls.config_from_dict(raw, path, profile, overrides)
     if raw.get("task", "image") != "image":
         raise ConfigError(f"{path}: task {raw['task']!r} is not 'image', 'volume' or 'classification'")
+    cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
+    _validate(cfg, path)
+    return cfg
+
+
+def apply_profile(raw, path, defaults, profile=None, overrides=None):
+    """`defaults`, then the raw config, then `profiles[profile]`, then `overrides` (every runner's
+    config layering); records the profile and the config path."""
     raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", {}) or {}
     if profile is not None and profile not in profiles:
         raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
-    cfg = _merge(_merge(DEFAULTS, raw), profiles.get(profile) if profile else None)
-    cfg = _merge(cfg, overrides)
+    cfg = _merge(_merge(_merge(defaults, raw), profiles.get(profile) if profile else None), overrides)
     cfg["profile"] = profile or "default"
     cfg["_config_path"] = path
-    _validate(cfg, path)
     return cfg
 
 
@@ -212,6 +218,23 @@ def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8):
     return rows, probs
 
 
+def read_done(run_dir):
+    """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished."""
+    done = os.path.join(run_dir, "done.json")
+    if not os.path.isfile(done):
+        return None
+    with open(done) as f:
+        return json.load(f)
+
+
+def write_tables(exp_dir, lines, rows, log=print):
+    """Writes an experiment's summary.md (the table `lines`) and summary.csv (`rows`) and logs it."""
+    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
+    log("\n".join(lines))
+
+
 def _write_csv(path, rows):
     if not rows:
         return
@@ -242,7 +265,7 @@ def _encoder_weights(requested, model_name, notes):
         try:
             tlunet.build_model(model_name, input_shape=(32, 32, 3), encoder_weights="imagenet")
             notes[key] = ("imagenet", "ImageNet (keras.applications)")
-        except RuntimeError as e:
+        except RuntimeError:
             notes[key] = (None, "random init: ImageNet weights unavailable (no network or cached file)")
     return notes[key]
 
@@ -301,7 +324,6 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
 
     import tlunet
     from tlunet.data import make_dataset
-    from tlunet.finetune import trainable_params
     from tlunet.plots import dice_vs_params, learning_curves, overlays
     from tlunet.train import configure, fraction_indices, run_stages
     from tlunet.transfer import transfer_weights
@@ -329,10 +351,9 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                 name = run["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
                     (f"-fold{k}" if cfg["sweep"].get("folds") else "")
                 run_dir = os.path.join(exp_dir, name)
-                done = os.path.join(run_dir, "done.json")
-                if os.path.isfile(done):
-                    with open(done) as f:
-                        fold_rows.append(json.load(f))
+                finished = read_done(run_dir)
+                if finished is not None:
+                    fold_rows.append(finished)
                     log(f"[{cfg['name']}] {name}: done earlier, skipped")
                     continue
                 keras.backend.clear_session()
@@ -379,12 +400,12 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                     row[key], row[key + "_sd"] = _mean(cases, key)
                 with open(os.path.join(run_dir, "summary.md"), "w") as f:
                     f.write(f"# {name}\n\n" + "\n".join(f"- {k2}: {v}" for k2, v in row.items()) + "\n")
-                with open(done, "w") as f:
+                with open(os.path.join(run_dir, "done.json"), "w") as f:
                     json.dump(row, f)
                 fold_rows.append(row)
                 log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
                     f"{time.time() - start:.0f}s")
-            summary.append(_aggregate(fold_rows))
+            summary.append(aggregate_folds(fold_rows, ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm")))
     _write_summary(cfg, exp_dir, summary, source, log)
     paper = cfg.get("paper") or {}
     dice_vs_params(summary, os.path.join(exp_dir, "dice_vs_params.png"), paper=paper.get("dice"),
@@ -394,9 +415,11 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     return summary
 
 
-def _aggregate(rows):
+def aggregate_folds(rows, keys):
+    """One summary row from the rows of a run's folds: the mean of each of `keys` (finite values);
+    with several folds the spread over folds replaces the spread over cases."""
     out = dict(rows[0])
-    for key in ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm"):
+    for key in keys:
         values = [r[key] for r in rows if np.isfinite(r[key])]
         out[key] = float(np.mean(values)) if values else float("nan")
         if len(rows) > 1:
@@ -427,7 +450,4 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
                      f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
     if paper.get("note"):
         lines += ["", paper["note"]]
-    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
-    log("\n".join(lines))
+    write_tables(exp_dir, lines, rows, log)

@@ -7,7 +7,6 @@ sliding-window inference (`tlunet.inference`), Dice / normalised surface Dice / 
 the voxel spacing, and Wang et al. 2020's transfer methods (`transfer:` in a run).
 """
 
-import copy
 import json
 import os
 import time
@@ -16,7 +15,8 @@ import numpy as np
 import yaml
 
 from tlunet import evaluation as ev
-from tlunet.experiment import ConfigError, _mean, _merge, _resolve, _write_csv
+from tlunet.experiment import (ConfigError, _fmt, _mean, _merge, _resolve, _write_csv, aggregate_folds,
+                               apply_profile, read_done, write_tables)
 
 DEFAULTS = {
     "seed": 0,
@@ -38,13 +38,7 @@ KNOWN_KEYS = {"name", "task", "seed", "deterministic", "data", "model", "trainin
 
 def config_from_dict(raw, path, profile=None, overrides=None):
     """Applies DEFAULTS, the profile and overrides to a `task: volume` config and validates it."""
-    raw = copy.deepcopy(raw)
-    profiles = raw.pop("profiles", {}) or {}
-    if profile is not None and profile not in profiles:
-        raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
-    cfg = _merge(_merge(_merge(DEFAULTS, raw), profiles.get(profile) if profile else None), overrides)
-    cfg["profile"] = profile or "default"
-    cfg["_config_path"] = path
+    cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
     _validate(cfg, path)
     return cfg
 
@@ -196,28 +190,28 @@ def _patches(cfg, cases, seed, training):
 
 def _build(cfg, mcfg, notes):
     """The run's model from the zoo; an unavailable Kinetics/ImageNet download falls back to random
-    initialisation, and says so in the results."""
+    initialisation, says so in the results, and is not retried for the next runs (`notes`)."""
     import tlunet
     shape = (*cfg["data"]["patch_size"], 1)
     kwargs = {k: v for k, v in mcfg.items() if k not in ("name", "encoder_weights")}
     weights = mcfg.get("encoder_weights")
-    if weights in ("kinetics400", "imagenet"):
-        key = f"{weights}:{mcfg['name']}"
-        if key not in notes:
-            try:
-                notes[key] = (tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs),
-                              f"{weights} encoder")
-            except (RuntimeError, ImportError) as e:
-                print(f"[{cfg['name']}] {weights} weights unavailable, using random init: {e}")
-                notes[key] = (None, f"random init ({weights} weights unavailable: no network or file)")
-        model, note = notes[key]
-        if model is not None:
-            fresh = tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs)
-            fresh.set_weights(model.get_weights())
-            return fresh, note
-        return tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs), note
-    note = "random init" if weights is None else f"encoder file {weights}"
-    return tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs), note
+    download = weights in ("kinetics400", "imagenet")
+    if weights is None:
+        note = "random init"
+    elif download:
+        note = f"{weights} encoder"
+    else:
+        note = f"encoder file {weights}"
+    if download and weights in notes:
+        return tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs), notes[weights]
+    try:
+        return tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs), note
+    except (RuntimeError, ImportError) as e:
+        if not download:
+            raise
+        print(f"[{cfg['name']}] {weights} weights unavailable, using random init: {e}")
+        notes[weights] = f"random init ({weights} weights unavailable: no network or file)"
+        return tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs), notes[weights]
 
 
 def _pretrain(cfg, exp_dir, verbose, log):
@@ -270,10 +264,9 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
         for k, (train, val, test) in enumerate(_splits(cfg, len(cases))):
             name = run["name"] + (f"-fold{k}" if cfg["sweep"].get("folds") else "")
             run_dir = os.path.join(exp_dir, name)
-            done = os.path.join(run_dir, "done.json")
-            if os.path.isfile(done):
-                with open(done) as f:
-                    fold_rows.append(json.load(f))
+            finished = read_done(run_dir)
+            if finished is not None:
+                fold_rows.append(finished)
                 log(f"[{cfg['name']}] {name}: done earlier, skipped")
                 continue
             keras.backend.clear_session()
@@ -314,31 +307,18 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
                    "epochs": sum(s["epochs_run"] for s in stages), "n_train": len(train), "n_test": len(test)}
             for key in ("dice", "nsd", "hd95_mm"):
                 row[key], row[key + "_sd"] = _mean(rows, key)
-            with open(done, "w") as f:
+            with open(os.path.join(run_dir, "done.json"), "w") as f:
                 json.dump(row, f)
             fold_rows.append(row)
             log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, NSD {row['nsd']:.3f}, "
                 f"trainable {row['trainable_params']:,}, {time.time() - start:.0f}s")
-        summary.append(_aggregate(fold_rows))
+        summary.append(aggregate_folds(fold_rows, ("dice", "nsd", "hd95_mm")))
     _write_summary(cfg, exp_dir, summary, source, log)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
 
 
-def _aggregate(rows):
-    out = dict(rows[0])
-    for key in ("dice", "nsd", "hd95_mm"):
-        values = [r[key] for r in rows if np.isfinite(r[key])]
-        out[key] = float(np.mean(values)) if values else float("nan")
-        if len(rows) > 1:  # spread over folds replaces the spread over cases
-            out[key + "_sd"] = float(np.std(values)) if values else float("nan")
-    out["folds"] = len(rows)
-    out.pop("fold", None)
-    return out
-
-
 def _write_summary(cfg, exp_dir, rows, source, log=print):
-    from tlunet.experiment import _fmt
     paper = cfg.get("paper") or {}
     scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
     digits = 1 if scale > 1 else 3
@@ -353,7 +333,4 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
                      f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
     if paper.get("note"):
         lines += ["", paper["note"]]
-    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
-    log("\n".join(lines))
+    write_tables(exp_dir, lines, rows, log)

@@ -11,7 +11,6 @@ results/<exp>/segmentation_<kind>/, results/<exp>/<run>/{metrics.json, predictio
 figures/confusion.png, figures/explain_*.png, done.json}, results/<exp>/summary.{md,csv}.
 """
 
-import copy
 import json
 import os
 import time
@@ -19,7 +18,7 @@ import time
 import numpy as np
 import yaml
 
-from tlunet.experiment import ConfigError, _merge, _resolve, _write_csv
+from tlunet.experiment import ConfigError, _fmt, _resolve, _write_csv, apply_profile, read_done, write_tables
 
 DEFAULTS = {
     "seed": 0,
@@ -44,13 +43,7 @@ SEG_DATA_KEYS = {"root", "layout", "n", "phantom_size", "labels", "limit"}
 
 def config_from_dict(raw, path, profile=None, overrides=None):
     """Applies DEFAULTS, the profile and overrides to a `task: classification` config; validates."""
-    raw = copy.deepcopy(raw)
-    profiles = raw.pop("profiles", {}) or {}
-    if profile is not None and profile not in profiles:
-        raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
-    cfg = _merge(_merge(_merge(DEFAULTS, raw), profiles.get(profile) if profile else None), overrides)
-    cfg["profile"] = profile or "default"
-    cfg["_config_path"] = path
+    cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
     _validate(cfg, path)
     return cfg
 
@@ -266,15 +259,14 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
         "split by video")
     seg = {kind: train_segmentation(cfg, kind, exp_dir, verbose, log)
            for kind in ("dense", "sparse") if any(r["init"] == kind for r in cfg["runs"])}
-    test_images = make_classification_dataset([frames[i] for i in test], labels[test], size, t["batch_size"],
-                                              shuffle=False)
+    test_images = np.concatenate([x for x, _ in make_classification_dataset(
+        [frames[i] for i in test], labels[test], size, t["batch_size"], shuffle=False).as_numpy_iterator()])
     summary = []
     for run in cfg["runs"]:
         run_dir = os.path.join(exp_dir, run["name"])
-        done = os.path.join(run_dir, "done.json")
-        if os.path.isfile(done):
-            with open(done) as f:
-                summary.append(json.load(f))
+        finished = read_done(run_dir)
+        if finished is not None:
+            summary.append(finished)
             log(f"[{cfg['name']}] {run['name']}: done earlier, skipped")
             continue
         keras.backend.clear_session()
@@ -300,7 +292,7 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
         history = fit(model, train_ds, val_ds, run_dir=run_dir, epochs=t["epochs"], monitor="val_accuracy",
                       patience=t["patience"], verbose=verbose)
         learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), run["name"])
-        probs = model.predict(test_images, verbose=0)
+        probs = model.predict(test_images, batch_size=t["batch_size"], verbose=0)
         m = ev.classification_metrics(labels[test], probs, names)
         videos = sorted({groups[i] for i in test})
         video_probs = np.stack([probs[[j for j, i in enumerate(test) if groups[i] == v]].mean(axis=0) for v in videos])
@@ -313,15 +305,12 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
                      **{f"p_{n}": float(p[k]) for k, n in enumerate(names)}} for j, (i, p) in enumerate(zip(test, probs))])
         confusion_matrix(m["confusion"], names, os.path.join(run_dir, "figures", "confusion.png"),
                          f"{run['name']} (test frames)")
-        if c["inputs"] != "features":
-            shown = 0
-            for k in range(len(names)):
-                picks = [j for j, i in enumerate(test) if labels[i] == k][:1]
-                for j in picks[:max(0, cfg["explain"]["n"] - shown)]:
-                    image = np.asarray(test_images.unbatch().skip(j).take(1).get_single_element()[0])
-                    explain_figure(model, image, os.path.join(run_dir, "figures", f"explain_{names[k]}.png"),
-                                   names, true_label=k)
-                    shown += 1
+        if c["inputs"] != "features":  # the first test frame of each class, up to explain.n figures
+            firsts = [labels[test].tolist().index(k) for k in range(len(names)) if k in labels[test]]
+            for j in firsts[:cfg["explain"]["n"]]:
+                k = int(labels[test[j]])
+                explain_figure(model, test_images[j], os.path.join(run_dir, "figures", f"explain_{names[k]}.png"),
+                               names, true_label=k)
         model.save(os.path.join(run_dir, "model.keras"))
         row = {"run": run["name"], "init": run["init"], "trainable_params": trainable_params(model),
                "seg_val_dice": float(np.nanmean(list(seg_dice.values()))) if seg_dice else float("nan"),
@@ -329,7 +318,7 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
                "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),
                "n_test_frames": len(test), "n_test_videos": len(videos),
                **{f"f1_{n}": m["per_class"][n]["f1"] for n in names}}
-        with open(done, "w") as f:
+        with open(os.path.join(run_dir, "done.json"), "w") as f:
             json.dump(row, f)
         summary.append(row)
         log(f"[{cfg['name']}] {run['name']}: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}, "
@@ -340,7 +329,6 @@ def run_classification_experiment(cfg, out_dir="results", verbose=0, log=print):
 
 
 def _write_summary(cfg, exp_dir, rows, source, log=print):
-    from tlunet.experiment import _fmt
     names = cfg["classes"]
     paper = cfg.get("paper") or {}
     lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}.", "",
@@ -354,7 +342,4 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
                      + f" | {_fmt(r['video_accuracy'])} | {r['epochs']} | {r['n_test_frames']} / {r['n_test_videos']} |")
     if paper.get("note"):
         lines += ["", paper["note"]]
-    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _write_csv(os.path.join(exp_dir, "summary.csv"), rows)
-    log("\n".join(lines))
+    write_tables(exp_dir, lines, rows, log)
