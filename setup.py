@@ -9,7 +9,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tlunet", "tlunet.*"]),
+    # experiments/ and data/ (the papers' configs and the bundled samples) are installed inside the
+    # package, so `tlunet experiment NAME` finds them after any kind of install (tlunet.resources).
+    packages=find_packages(include=["tlunet", "tlunet.*"]) + ["tlunet.experiments", "tlunet.sample_data"],
+    package_dir={"tlunet.experiments": "experiments", "tlunet.sample_data": "data"},
+    package_data={"tlunet.experiments": ["*/config.yaml", "*/README.md"],
+                  "tlunet.sample_data": ["README.md", "*/README.md", "*/*.csv", "*/*/*.png"]},
     install_requires=[
         # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is.
         "tensorflow>=2.16",
@@ -27,7 +32,8 @@ setup(
         # torch: the reference forward pass that proves the r3d_18 converter (plain torch.nn, no
         # torchvision); those tests skip without it. Pinned to the CPU build the CI machines carry
         # (a newer torch from the registry would pull gigabytes of CUDA wheels).
-        "dev": ["pytest>=7", "medpy>=0.5", "torch==2.13.0"],
+        # setuptools/wheel: the install test builds a wheel of this checkout without build isolation.
+        "dev": ["pytest>=7", "medpy>=0.5", "torch==2.13.0", "setuptools>=64", "wheel"],
         # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
         "bench": ["tf-keras"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).

@@ -9,6 +9,7 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
+import tlunet
 from tlunet.cli import main
 from tlunet.experiment import ConfigError, config_from_dict, load_config, run_experiment
 
@@ -79,8 +80,18 @@ def test_shipped_configs_load_in_every_profile():
             cfg = load_config(name, profile)
             assert cfg["runs"] and cfg["profile"] == (profile or "default")
     quick = load_config("wang2023_fetal_head", "quick")
-    assert os.path.isdir(quick["data"]["root"] if os.path.isabs(quick["data"]["root"]) else
-                         os.path.join(os.path.dirname(quick["_config_path"]), quick["data"]["root"]))
+    assert quick["data"]["root"] == "sample:hc18_small"
+    assert os.path.isfile(os.path.join(tlunet.sample_path("hc18_small"), "training_set_pixel_size_and_HC.csv"))
+    # default roots never point outside the package: a bundled sample, `download`, or unset
+    for name in tlunet.list_experiments():
+        for profile in (None, "quick", "full"):
+            try:
+                cfg = load_config(name, profile)
+            except ConfigError:
+                continue  # a profile this experiment does not have
+            for d in (cfg["data"], cfg.get("pretrain", {}).get("data", {})):
+                root = d.get("root")
+                assert root is None or root == "download" or str(root).startswith(("sample:", "/path/to")), (name, root)
 
 
 def _write_pairs(root, n=8, size=(40, 48)):

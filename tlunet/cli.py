@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from tlunet._quiet import quiet_tensorflow
+
 
 def _shape(text):
     try:
@@ -54,13 +56,27 @@ def _cmd_strategies(args):
 
 
 def _cmd_experiment(args):
-    from tlunet.experiment import load_config, run_experiment
+    from tlunet.experiment import _merge, load_config, parse_overrides, run_experiment
+    from tlunet.resources import list_experiments
 
+    if args.list or not args.name:
+        if not args.list:
+            print("tlunet experiment: name an experiment (or a config.yaml); these ship with tlunet:\n", file=sys.stderr)
+        for name, about in list_experiments().items():
+            print(f"{name:28s} {about}")
+        print("\nRun one with `tlunet experiment NAME --quick`; results go to ./results/NAME/.")
+        return 0 if args.list else 2
     overrides = {}
     if args.data:
-        overrides["data"] = {"root": os.path.abspath(args.data)}
+        overrides["data"] = {"root": args.data if args.data == "download" else os.path.abspath(args.data)}
     if args.epochs:
         overrides["training"] = {"epochs": args.epochs}
+    if args.encoder_weights:
+        path = os.path.abspath(args.encoder_weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--encoder-weights {args.encoder_weights}: file not found")
+        overrides["model"] = {"encoder_weights": path}
+    overrides = _merge(overrides, parse_overrides(args.set))
     cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     return 0
@@ -86,9 +102,9 @@ def _cmd_train(args):
     if args.distribute:
         from tlunet.train import get_distribution_strategy
         with get_distribution_strategy(args.distribute).scope():
-            run_experiment(cfg, out_dir=args.out, verbose=1)
+            run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     else:
-        run_experiment(cfg, out_dir=args.out, verbose=1)
+        run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
     return 0
 
@@ -169,13 +185,18 @@ def build_parser():
     p.set_defaults(func=_cmd_strategies)
 
     p = sub.add_parser("experiment", help="run a paper's experiment (e.g. wang2023_fetal_head --quick)")
-    p.add_argument("name", help="experiment name under experiments/, or a config.yaml path")
+    p.add_argument("name", nargs="?", help="a shipped experiment (see --list), or a config.yaml path")
+    p.add_argument("--list", action="store_true", help="list the experiments that ship with tlunet")
     p.add_argument("--quick", action="store_true", help="the quick CPU profile (< 10 min)")
     p.add_argument("--profile", help="a profile of the config, e.g. full")
-    p.add_argument("--data", help="override the data root")
+    p.add_argument("--data", help="override the data root (HC18: `download` fetches the official files)")
+    p.add_argument("--encoder-weights", help="pretrained encoder weights file for the runs that fine-tune "
+                                             "an ImageNet encoder (used when ImageNet cannot be downloaded)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set training.epochs=5 --set pretrain.data.root=/data/ecssd")
     p.add_argument("--epochs", type=int, help="override the epochs")
     p.add_argument("--out", default="results", help="results folder (default: results)")
-    p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars and TensorFlow's own log lines")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("train", help="train one model on a data folder")
@@ -201,6 +222,7 @@ def build_parser():
     p.add_argument("--distribute", choices=["mirrored", "multi_worker"])
     p.add_argument("--name", default="train", help="results sub-folder")
     p.add_argument("--out", default="results")
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and HC error on HC18) of a model")
@@ -209,6 +231,7 @@ def build_parser():
     p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
     p.add_argument("--layout", default="generic")
     p.add_argument("--csv", help="write per-case metrics here")
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="folder of images -> masks, overlays, predictions.csv")
@@ -218,19 +241,22 @@ def build_parser():
     p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
     p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="SavedModel taking uint8 images of any size")
     p.add_argument("model", help="a .keras file")
     p.add_argument("output", help="SavedModel directory (must not exist)")
     p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_export)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not getattr(args, "verbose", False):
+        quiet_tensorflow()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # DataError/ConfigError included

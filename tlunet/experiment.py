@@ -17,6 +17,9 @@ import yaml
 
 from tlunet import evaluation as ev
 from tlunet.biometry import head_circumference
+from tlunet.data.download import download_hc18
+from tlunet.progress import EpochProgress
+from tlunet.resources import SAMPLE_PREFIX, ConfigError, find_config, read_config, sample_path
 
 DEFAULTS = {
     "seed": 0,
@@ -32,10 +35,6 @@ DEFAULTS = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad experiment config; the message names the file and the key."""
-
-
 def _merge(base, over):
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
@@ -43,31 +42,41 @@ def _merge(base, over):
     return out
 
 
-def find_config(name_or_path):
-    """A config path from a path, or an experiment name looked up in ./experiments and in the
-    experiments/ folder of the tlunet source tree."""
-    if os.path.isfile(name_or_path):
-        return os.path.abspath(name_or_path)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for root in (os.getcwd(), here):
-        path = os.path.join(root, "experiments", name_or_path, "config.yaml")
-        if os.path.isfile(path):
-            return path
-    available = sorted(d for d in os.listdir(os.path.join(here, "experiments"))
-                       if os.path.isfile(os.path.join(here, "experiments", d, "config.yaml"))) \
-        if os.path.isdir(os.path.join(here, "experiments")) else []
-    raise ConfigError(f"No experiment config {name_or_path!r} (a path, or a name among {available})")
-
-
 def load_config(name_or_path, profile=None, overrides=None):
-    """Reads a config, applies DEFAULTS, then `profiles[profile]`, then `overrides` (a dict)."""
+    """Reads a config (a shipped experiment's name or a YAML path), applies DEFAULTS, then
+    `profiles[profile]`, then `overrides` (a dict, e.g. from `parse_overrides`)."""
     path = find_config(name_or_path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    return config_from_dict(raw, path, profile, overrides)
+    return config_from_dict(read_config(path), path, profile, overrides)
+
+
+def parse_overrides(items):
+    """`["training.epochs=5", "pretrain.data.root=/data/ecssd"]` -> a nested override dict.
+
+    Values are read as YAML (`5` is an int, `[128, 192]` a list, `null` None, anything else a string).
+    """
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY.SUB=VALUE, e.g. training.epochs=5")
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set to a value and used as a section")
+        if parts[-1] in _PATH_KEYS and isinstance(value, str) and value != "download" \
+                and not value.startswith(SAMPLE_PREFIX):
+            value = os.path.abspath(os.path.expanduser(value))  # relative to where the command runs
+        node[parts[-1]] = value
+    return out
+
+
+_PATH_KEYS = ("root", "encoder_weights")
 
 
 def config_from_dict(raw, path, profile=None, overrides=None):
@@ -110,7 +119,7 @@ def _validate(cfg, path):
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(k for k in KNOWN_KEYS if k[0] != '_')}")
     for section in ("data", "training", "sweep"):
-        extra = sorted(set(cfg[section]) - set(DEFAULTS[section]) - {"root", "layout", "n", "phantom_size"})
+        extra = sorted(set(cfg[section]) - set(DEFAULTS[section]) - {"root", "layout", "n", "phantom_size", "get"})
         if extra:
             raise ConfigError(f"{path}: unknown {section} keys {extra}; valid: {sorted(DEFAULTS[section])}")
     if not cfg.get("name"):
@@ -142,16 +151,42 @@ def _stages(cfg, run):
 
 
 def _resolve(cfg, path):
-    return path if path is None or os.path.isabs(path) else \
-        os.path.normpath(os.path.join(os.path.dirname(cfg["_config_path"]), path))
+    """A config's path: `sample:NAME` is a bundled sample, a relative path is relative to the config file."""
+    if path is None or path == "download":
+        return path
+    path = os.path.expanduser(str(path))
+    if path.startswith(SAMPLE_PREFIX):
+        return sample_path(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(os.path.dirname(cfg["_config_path"]), path))
+
+
+def check_sources(cfg, blocks):
+    """Stops before any work when a data folder a run needs is not there, saying how to get it.
+
+    Args:
+        cfg: the config.
+        blocks: {where: data block}, e.g. {"data": cfg["data"], "pretrain.data": ...}.
+    """
+    for where, d in blocks.items():
+        if "root" not in d or d["root"] == "download":
+            continue
+        root = _resolve(cfg, d["root"])
+        if root is None or not os.path.isdir(root):
+            what = "is not set" if root is None else f"is {root}, which is not a folder"
+            how = d.get("get") or f"pass --data FOLDER or --set {where}.root=FOLDER"
+            raise ConfigError(f"{cfg['name']}: {where}.root {what}. {how}")
 
 
 # ----------------------------------------------------------------------------------------- data
 def _data_hc18(cfg, d):
     from tlunet.data import hc18_set
     root = _resolve(cfg, d["root"])
+    if root == "download":  # the official files from Zenodo, once, MD5-checked
+        root = download_hc18()
     data = hc18_set(root)
-    return data, [m["subject"] for m in data.meta], root
+    source = f"HC18 bundled sample `{d['root'][len(SAMPLE_PREFIX):]}`" if str(d["root"]).startswith(SAMPLE_PREFIX) \
+        else f"HC18 ({root})"
+    return data, [m["subject"] for m in data.meta], source
 
 
 def _data_pairs(cfg, d):
@@ -252,22 +287,48 @@ def _mean(rows, key):
 
 # ------------------------------------------------------------------------------------- runner
 def _encoder_weights(requested, model_name, notes):
-    """ImageNet weights if they can be had (cached or downloadable), else random — recorded."""
+    """(weights argument, note) for a run's encoder; weights None with a note starting "unavailable"
+    when ImageNet weights were asked for and cannot be had (no network and no cached file)."""
     import tlunet
     if not tlunet.get_model_info(model_name).pretrained_encoder:
         return None, "random init (no pretrained encoder)"
     if requested is None:
         return None, "random init"
     if requested != "imagenet":
-        return requested, f"file {requested}"
+        return requested, f"encoder file {os.path.basename(str(requested))}"
     key = f"imagenet:{model_name}"
     if key not in notes:
         try:
             tlunet.build_model(model_name, input_shape=(32, 32, 3), encoder_weights="imagenet")
             notes[key] = ("imagenet", "ImageNet (keras.applications)")
         except RuntimeError:
-            notes[key] = (None, "random init: ImageNet weights unavailable (no network or cached file)")
+            notes[key] = (None, "unavailable: ImageNet weights could not be downloaded (no network) and are not "
+                                "cached in ~/.keras/models")
     return notes[key]
+
+
+def plan_runs(cfg, notes):
+    """Which runs can start from the weights they name. A run that fine-tunes an ImageNet encoder
+    (under a paper's strategy name) is never run from random weights in its place: it is skipped,
+    with the reason. Returns ([(run, weights, note)], [(run name, reason)])."""
+    ready, skipped = [], []
+    for run in cfg["runs"]:
+        mcfg = _merge(cfg["model"], run.get("model"))
+        weights, note = _encoder_weights(mcfg.get("encoder_weights"), mcfg["name"], notes)
+        if note.startswith("unavailable"):
+            skipped.append((run["name"], note))
+        else:
+            ready.append((run, weights, note))
+    return ready, skipped
+
+
+def _skip_message(cfg, skipped):
+    names = ", ".join(name for name, _ in skipped)
+    return (f"{len(skipped)} of {len(cfg['runs'])} runs fine-tune a pretrained encoder whose weights cannot be "
+            f"had here, and are skipped rather than run from random weights: {names}. "
+            f"{skipped[0][1][len('unavailable: '):]}. To run them, give the weights file: "
+            f"--encoder-weights FILE (the keras.applications `..._no_top.h5`, or a `.weights.h5` saved from "
+            f"keras.applications with include_top=False).")
 
 
 def _split(cfg, n, groups):
@@ -328,12 +389,21 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     from tlunet.train import configure, fraction_indices, run_stages
     from tlunet.transfer import transfer_weights
 
+    check_sources(cfg, {"data": cfg["data"], **({"pretrain.data": cfg["pretrain"]["data"]} if "pretrain" in cfg else {})})
+    notes = {}
+    ready, skipped = plan_runs(cfg, notes)
+    if skipped:
+        log(f"[{cfg['name']}] {_skip_message(cfg, skipped)}")
+    if not ready:
+        raise ConfigError(f"{cfg['name']}: no run can start: {_skip_message(cfg, skipped)}")
     exp_dir = os.path.join(out_dir, cfg["name"])
     os.makedirs(exp_dir, exist_ok=True)
     configure(cfg["seed"], cfg["deterministic"], cfg["training"]["mixed_precision"])
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
-    log(f"[{cfg['name']}] data: {source} ({len(images)} images at {cfg['data']['image_size']})")
+    n_groups = len(set(groups))
+    log(f"[{cfg['name']}] profile {cfg['profile']}: {source}, {len(images)} images of {n_groups} "
+        f"{'subjects' if n_groups < len(images) else 'cases'} at {cfg['data']['image_size'][0]}x{cfg['data']['image_size'][1]}")
     pretrained = None
     if "pretrain" in cfg:
         pretrained = _pretrain(cfg, exp_dir, verbose)
@@ -342,12 +412,19 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
         log(f"[{cfg['name']}] pre-trained {pretrained[1]['model']['name']} on "
             f"{pretrained[1]['data'].get('root', pretrained[1]['data']['kind'])}: {len(rows)} epochs, "
             f"final val Dice {float(rows[-1].get('val_dice', 'nan')):.3f}")
-    notes, summary = {}, []
+    summary = []
     t = cfg["training"]
-    for run in cfg["runs"]:
+    splits = _split(cfg, len(images), groups)
+    total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits)
+    log(f"[{cfg['name']}] split by {'subject' if n_groups < len(images) else 'case'}: "
+        f"{len(splits[0][0])} train / {len(splits[0][1])} validation / {len(splits[0][2])} test images"
+        f"{f' (fold 0 of {len(splits)})' if len(splits) > 1 else ''}; {total} training run{'s' if total > 1 else ''}")
+    count = 0
+    for run, weights, weights_note in ready:
         for fraction in cfg["sweep"]["fractions"]:
             fold_rows = []
-            for k, (train, val, test) in enumerate(_split(cfg, len(images), groups)):
+            for k, (train, val, test) in enumerate(splits):
+                count += 1
                 name = run["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
                     (f"-fold{k}" if cfg["sweep"].get("folds") else "")
                 run_dir = os.path.join(exp_dir, name)
@@ -360,7 +437,6 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                 keras.utils.set_random_seed(cfg["seed"] + k)
                 train = fraction_indices(train, fraction, seed=cfg["seed"], groups=groups)
                 mcfg = _merge(cfg["model"], run.get("model"))
-                weights, weights_note = _encoder_weights(mcfg.get("encoder_weights"), mcfg["name"], notes)
                 kwargs = {key: v for key, v in mcfg.items() if key not in ("name", "encoder_weights")}
                 model = tlunet.build_model(mcfg["name"], input_shape=(*cfg["data"]["image_size"], cfg["data"]["channels"]),
                                            encoder_weights=weights, **kwargs)
@@ -378,9 +454,12 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                     yaml.safe_dump({k2: v for k2, v in cfg.items() if not k2.startswith("_")} |
                                    {"run": run, "fraction": fraction, "fold": k, "weights_used": weights_note,
                                     "n_train": len(train), "n_val": len(val), "n_test": len(test)}, f, sort_keys=False)
+                bar = EpochProgress(f"[{count}/{total}] {name}", sum(s["epochs"] for s in _stages(cfg, run)),
+                                    disable=bool(verbose))
                 stages = run_stages(model, _stages(cfg, run), train_ds, val_ds, run_dir=run_dir, loss=t["loss"],
                                     optimizer=t["optimizer"], jit_compile=t["jit_compile"], batchnorm=t["batchnorm"],
-                                    patience=t["patience"], verbose=verbose)
+                                    patience=t["patience"], verbose=verbose, callbacks=[bar])
+                bar.close()
                 history = {}
                 for s in stages:
                     for key, values in s["history"].items():
@@ -406,7 +485,7 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                 log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
                     f"{time.time() - start:.0f}s")
             summary.append(aggregate_folds(fold_rows, ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm")))
-    _write_summary(cfg, exp_dir, summary, source, log)
+    _write_summary(cfg, exp_dir, summary, source, log, skipped)
     paper = cfg.get("paper") or {}
     dice_vs_params(summary, os.path.join(exp_dir, "dice_vs_params.png"), paper=paper.get("dice"),
                    title=f"{cfg['name']} ({cfg['profile']})",
@@ -433,7 +512,7 @@ def _fmt(value, scale=1.0, digits=3):
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value * scale:.{digits}f}"
 
 
-def _write_summary(cfg, exp_dir, rows, source, log=print):
+def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
     paper_dice = paper.get("dice", {})
     scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
@@ -448,6 +527,8 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
                      f"{paper_dice.get(r['run'], '—')} | {_fmt(r['miou'], scale, digits)} | "
                      f"{_fmt(r['pixel_accuracy'], scale, digits)} | {_fmt(r['hc_abs_error_mm'], 1, 2)} | "
                      f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
+    if skipped:
+        lines += ["", f"Not run: {_skip_message(cfg, skipped)}"]
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)

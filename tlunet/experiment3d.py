@@ -141,7 +141,7 @@ def evaluate_volumes(model, cases, inference, threshold=0.5):
     rows, preds = [], []
     for c in cases:
         prob = sliding_window_predict(model, c["image"], overlap=inference["overlap"], tta=inference["tta"],
-                                      batch_size=inference["batch_size"])[..., 0]
+                                      batch_size=inference["batch_size"], progress=f"{c['case']}: windows")[..., 0]
         pred, true = prob >= threshold, c["mask"] > 0
         rows.append({"case": c["case"], "dice": ev.dice(pred, true),
                      "nsd": ev.normalized_surface_dice(pred, true, inference["nsd_tolerance_mm"], c["spacing"]),

@@ -12,7 +12,7 @@ def export_savedmodel(model, path, size=None):
     """Writes a SavedModel with two endpoints.
 
     - `serve(images)`: uint8 (N, H, W, C) of any H, W -> float32 (N, H, W, classes), resizing to
-      the model's input size inside the graph (bilinear) and the output back to (H, W).
+      the model's input size inside the graph (bilinear, antialiased) and the output back to (H, W).
     - `serve_model(images)`: the Keras model itself on float32 [0, 1] input at its own size (what
       `model.export()` gives).
 
@@ -40,7 +40,9 @@ def export_savedmodel(model, path, size=None):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")])
     def serve(images):
         original = tf.shape(images)[1:3]
-        x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, size, method="bilinear")
+        # antialias: shrinking an 800x540 scan to the model's size must average pixels (as training's
+        # PIL resize does), not sample every few of them, or speckle reaches the model as noise.
+        x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, size, method="bilinear", antialias=True)
         y = model(x, training=False)
         return tf.image.resize(tf.cast(y, tf.float32), original, method="bilinear")
 

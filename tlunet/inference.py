@@ -10,6 +10,8 @@ import itertools
 
 import numpy as np
 
+from tlunet.progress import progress as _progress
+
 BLEND_MODES = ("gaussian", "constant")
 
 
@@ -47,7 +49,7 @@ def _flip_sets(tta, spatial_dims):
 
 
 def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch_size=2, blend="gaussian",
-                           tta=False, pad_value=0.0):
+                           tta=False, pad_value=0.0, progress=False):
     """Segments a whole volume (or image) with a patch-trained model.
 
     Args:
@@ -61,6 +63,7 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
         tta: False; True/"flips" to average over mirrorings along every spatial axis (2**dims
             passes per window); or a tuple of spatial axes to mirror.
         pad_value: fills volumes smaller than a window (cropped off again).
+        progress: show a bar over the windows (on stderr), or a string to label it.
 
     Returns:
         float32 (*spatial, K) blended predictions (probabilities if the model outputs them).
@@ -97,7 +100,10 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
     starts = list(itertools.product(*[window_starts(s, p, overlap) for s, p in zip(shape, patch_size)]))
     acc, norm = None, np.zeros(shape, np.float32)
 
+    bar = _progress(total=len(starts), desc=progress if isinstance(progress, str) else "windows",
+                    disable=not progress, unit="window")
     for i in range(0, len(starts), batch_size):
+        bar.update(len(starts[i:i + batch_size]))
         chunk = starts[i:i + batch_size]
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch_size)) for start in chunk]
         batch = np.stack([volume[sl] for sl in slices])
@@ -112,6 +118,7 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
         for sl, p in zip(slices, pred):
             acc[sl] += p * weight[..., None]
             norm[sl] += weight
+    bar.close()
     out = acc / norm[..., None]
     return out[tuple(slice(0, s) for s in original)]
 

@@ -1,0 +1,163 @@
+"""The path a user takes, proven the way they meet it: a model trained by the runner goes through
+the `tlunet` console script (export, predict, evaluate) in fresh processes, and the README's main job
+runs, in miniature, from a built wheel installed into an empty folder."""
+
+import csv
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+import tlunet
+from tlunet.cli import main
+from tlunet.experiment import config_from_dict, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+TF_NOISE = ("cuInit", "absl::InitializeLog", "oneDNN", "cuda drivers", "retracing")
+
+
+def _console(*args, cwd, env=None, timeout=600):
+    """Runs the installed `tlunet` console script; returns the completed process."""
+    exe = SCRIPTS / "tlunet"
+    assert exe.exists(), f"no console script at {exe}: install tlunet first"
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A two-stage mobilenetv2_unet run through the runner on the bundled HC18 sample (tiny sizes):
+    compiled with tlunet's BCEDiceLoss and metrics, as every run is."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = config_from_dict({
+        "name": "tiny_hc18",
+        "data": {"kind": "hc18", "root": "sample:hc18_small", "limit": 16, "image_size": [32, 64],
+                 "split": [0.5, 0.25, 0.25]},
+        "model": {"name": "mobilenetv2_unet", "encoder_weights": None},
+        "training": {"epochs": 1, "batch_size": 4},
+        "runs": [{"name": "two_stage", "stages": [{"strategy": "decoder", "epochs": 1}, {"strategy": "all", "epochs": 1}]}],
+    }, str(tmp / "tiny.yaml"))
+    run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
+    return tmp / "results" / "tiny_hc18" / "two_stage"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["model.keras", "stage1_all/best.keras"])
+def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which):
+    model_path = trained_run / which
+    assert model_path.is_file()
+    done = _console("export", model_path, tmp_path / "sm", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "SavedModel written" in done.stdout
+    assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
+    served = tf.saved_model.load(str(tmp_path / "sm"))
+    image = np.asarray(tf.io.decode_png(tf.io.read_file(
+        str(Path(tlunet.sample_path("hc18_small")) / "training_set" / "044_HC.png")), channels=1))
+    out = served.serve(tf.constant(image[None])).numpy()
+    assert out.shape == (1, *image.shape[:2], 1)
+    # the endpoint runs the trained weights: same as Keras on the resized image
+    import keras
+    model = keras.models.load_model(model_path)
+    x = tf.image.resize(image[None] / 255.0, model.input_shape[1:3], antialias=True)
+    expected = tf.image.resize(model(x), image.shape[:2]).numpy()
+    assert np.abs(out - expected).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_run, tmp_path):
+    sample = Path(tlunet.sample_path("hc18_small"))
+    model_path = trained_run / "model.keras"
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("044_HC.png", "082_HC.png"):
+        (folder / name).write_bytes((sample / "training_set" / name).read_bytes())
+    done = _console("predict", model_path, folder, tmp_path / "pred", "--pixel-size-csv",
+                    sample / "training_set_pixel_size_and_HC.csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "pred" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["filename"] for r in rows] == ["044_HC.png", "082_HC.png"]
+    with open(sample / "training_set_pixel_size_and_HC.csv") as f:
+        sizes = {r["filename"]: float(r["pixel size(mm)"]) for r in csv.DictReader(f)}
+    assert [float(r["pixel_size_mm"]) for r in rows] == [sizes["044_HC.png"], sizes["082_HC.png"]]
+    done = _console("evaluate", model_path, "--kind", "hc18", "--data", sample, "--csv", tmp_path / "m.csv",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "239 images" in done.stdout and "hc_abs_error_mm" in done.stdout
+    assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
+
+
+def test_bad_model_file_is_one_line_from_the_console_script(tmp_path):
+    (tmp_path / "broken.keras").write_text("not a model")
+    done = _console("export", tmp_path / "broken.keras", tmp_path / "sm", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "broken.keras is not a loadable .keras model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_experiment_list_names_the_shipped_experiments(tmp_path):
+    done = _console("experiment", "--list", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines() if line and not line.startswith("Run ")]
+    assert names == sorted(tlunet.list_experiments()) and "wang2023_fetal_head" in names
+    bare = _console("experiment", cwd=tmp_path)
+    assert bare.returncode == 2 and "wang2023_fetal_head" in bare.stdout
+
+
+def test_cheng_quick_without_ecssd_stops_before_training(tmp_path, capsys):
+    assert main(["experiment", "cheng2021_lung_us", "--quick", "--out", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.data.root is not set" in err and "ECSSD" in err and "--set pretrain.data.root=" in err
+    assert not (tmp_path / "results").exists()  # nothing started
+
+
+def test_overrides_are_validated_like_the_file(tmp_path, capsys):
+    assert main(["experiment", "wang2023_fetal_head", "--quick", "--set", "training.epochz=3",
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown training keys ['epochz']" in capsys.readouterr().err
+    assert main(["experiment", "wang2023_fetal_head", "--quick", "--set", "training", "--out", str(tmp_path)]) == 2
+    assert "expected KEY.SUB=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_main_job_in_miniature_from_a_wheel_in_an_empty_folder(tmp_path):
+    """`tlunet experiment wang2023_fetal_head --quick`, shrunk to one epoch on 24 images, run by the
+    console script of a wheel built from this checkout and installed into a fresh folder."""
+    dist, target, work = tmp_path / "dist", tmp_path / "site", tmp_path / "empty"
+    work.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)], check=True,
+                   capture_output=True, timeout=300)
+    wheel = next(dist.glob("tlunet-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    env = {"PYTHONPATH": str(target)}  # the wheel's tlunet, not the editable checkout
+    where = subprocess.run([sys.executable, "-c", "import tlunet; print(tlunet.__file__)"], cwd=work, env={
+        **os.environ, **env}, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(target)), where
+    exe = target / "bin" / "tlunet"
+    done = subprocess.run([str(exe), "experiment", "wang2023_fetal_head", "--quick", "--set", "training.epochs=1",
+                           "--set", "data.limit=24", "--set", "data.image_size=[32,64]"], cwd=work,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HC18 bundled sample `hc18_small`" in done.stdout
+    exp = work / "results" / "wang2023_fetal_head"
+    with open(exp / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    summary = (exp / "summary.md").read_text()
+    if len(rows) == 1:  # offline: the seven ImageNet arms are skipped, named, and never run from random weights
+        assert rows[0]["run"] == "scratch" and rows[0]["weights"] == "random init"
+        assert "Not run: 7 of 8 runs" in summary and "--encoder-weights FILE" in summary
+        assert "7 of 8 runs" in done.stdout
+    else:  # ImageNet reachable: all eight arms, each from ImageNet except scratch
+        assert len(rows) == 8 and {r["weights"] for r in rows[1:]} == {"ImageNet (keras.applications)"}
+    saved = yaml.safe_load((exp / "scratch" / "config.yaml").read_text())
+    assert saved["n_test"] > 0 and (exp / "scratch" / "model.keras").is_file()
+    assert "[1/" in done.stderr and "epoch" in done.stderr  # the progress bar
+    assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr[-2000:]
