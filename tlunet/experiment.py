@@ -470,8 +470,8 @@ def run_experiment(cfg, out_dir="results", verbose=0, log=print):
                 cases, probs = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test])
                 _write_csv(os.path.join(run_dir, "metrics.csv"), cases)
                 learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
-                overlays(images[test][:4], masks[test][:4], (probs[:4] >= 0.5), os.path.join(run_dir, "figures", "overlays.png"),
-                         [c["case"] for c in cases[:4]])
+                overlays(images[test][:8], masks[test][:8], (probs[:8] >= 0.5), os.path.join(run_dir, "figures", "overlays.png"),
+                         [c["case"] for c in cases[:8]])
                 row = {"run": run["name"], "fraction": fraction, "fold": k, "stages": "+".join(str(s["strategy"]) for s in stages),
                        "trainable_params": stages[-1]["trainable_params"], "weights": weights_note,
                        "epochs": sum(s["epochs_run"] for s in stages), "n_test": len(test)}

@@ -17,6 +17,7 @@ import yaml
 from tlunet import evaluation as ev
 from tlunet.experiment import (ConfigError, _fmt, _mean, _merge, _resolve, _write_csv, aggregate_folds,
                                apply_profile, read_done, write_tables)
+from tlunet.progress import EpochProgress
 
 DEFAULTS = {
     "seed": 0,
@@ -189,8 +190,9 @@ def _patches(cfg, cases, seed, training):
 
 
 def _build(cfg, mcfg, notes):
-    """The run's model from the zoo; an unavailable Kinetics/ImageNet download falls back to random
-    initialisation, says so in the results, and is not retried for the next runs (`notes`)."""
+    """(model, note): the run's model from the zoo. When the Kinetics/ImageNet weights it names cannot
+    be downloaded, (None, "unavailable: ...") — the run is skipped, never trained from random weights
+    under the pretrained run's name — and the download is not retried for the next runs (`notes`)."""
     import tlunet
     shape = (*cfg["data"]["patch_size"], 1)
     kwargs = {k: v for k, v in mcfg.items() if k not in ("name", "encoder_weights")}
@@ -203,15 +205,15 @@ def _build(cfg, mcfg, notes):
     else:
         note = f"encoder file {weights}"
     if download and weights in notes:
-        return tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs), notes[weights]
+        return None, notes[weights]
     try:
         return tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs), note
     except (RuntimeError, ImportError) as e:
         if not download:
             raise
-        print(f"[{cfg['name']}] {weights} weights unavailable, using random init: {e}")
-        notes[weights] = f"random init ({weights} weights unavailable: no network or file)"
-        return tlunet.build_model(mcfg["name"], input_shape=shape, **kwargs), notes[weights]
+        notes[weights] = (f"unavailable: the {weights} weights could not be downloaded ({e}); pass the weights "
+                          f"file with --set model.encoder_weights=FILE")
+        return None, notes[weights]
 
 
 def _pretrain(cfg, exp_dir, verbose, log):
@@ -258,7 +260,7 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
     cases, source = load_volumes(cfg, cfg["data"])
     log(f"[{cfg['name']}] data: {source}; patches {tuple(cfg['data']['patch_size'])}")
     pretrained = _pretrain(cfg, exp_dir, verbose, log) if "pretrain" in cfg else None
-    t, notes, summary = cfg["training"], {}, []
+    t, notes, summary, skipped = cfg["training"], {}, [], []
     for run in cfg["runs"]:
         fold_rows = []
         for k, (train, val, test) in enumerate(_splits(cfg, len(cases))):
@@ -275,6 +277,10 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
             mcfg = _merge(cfg["model"], run.get("model"))
             if method is None:
                 model, weights_note = _build(cfg, mcfg, notes)
+                if model is None:
+                    log(f"[{cfg['name']}] {run['name']}: skipped, {weights_note}")
+                    skipped.append((run["name"], weights_note))
+                    break
             else:
                 model, report = tlunet.build_transfer_model(method, pretrained[0], classes=mcfg.get("classes", 1),
                                                             input_shape=(*cfg["data"]["patch_size"], 1))
@@ -288,9 +294,11 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
                                 "test_cases": [cases[i]["case"] for i in test]}, f, sort_keys=False)
             train_ds = _patches(cfg, [cases[i] for i in train], cfg["seed"] + k, True)
             val_ds = _patches(cfg, [cases[i] for i in val], cfg["seed"] + 99, False) if val else None
+            bar = EpochProgress(f"{name}", sum(s["epochs"] for s in _stages(cfg, run)), disable=bool(verbose))
             stages = run_stages(model, _stages(cfg, run), train_ds, val_ds, run_dir=run_dir, loss=t["loss"],
                                 optimizer=t["optimizer"], jit_compile=t["jit_compile"], batchnorm=t["batchnorm"],
-                                patience=t["patience"], verbose=verbose)
+                                patience=t["patience"], verbose=verbose, callbacks=[bar])
+            bar.close()
             history = {}
             for s in stages:
                 for key, values in s["history"].items():
@@ -312,13 +320,14 @@ def run_volume_experiment(cfg, out_dir="results", verbose=0, log=print):
             fold_rows.append(row)
             log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, NSD {row['nsd']:.3f}, "
                 f"trainable {row['trainable_params']:,}, {time.time() - start:.0f}s")
-        summary.append(aggregate_folds(fold_rows, ("dice", "nsd", "hd95_mm")))
-    _write_summary(cfg, exp_dir, summary, source, log)
+        if fold_rows:
+            summary.append(aggregate_folds(fold_rows, ("dice", "nsd", "hd95_mm")))
+    _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
 
 
-def _write_summary(cfg, exp_dir, rows, source, log=print):
+def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
     scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
     digits = 1 if scale > 1 else 3
@@ -331,6 +340,8 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
         lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {_fmt(r['dice'], scale, digits)}{sd} | "
                      f"{(paper.get('dice') or {}).get(r['run'], '—')} | {_fmt(r['nsd'])} | {_fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
+    for name, reason in skipped:
+        lines += ["", f"Not run: {name} — {reason[len('unavailable: '):]}."]
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)

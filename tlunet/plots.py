@@ -49,19 +49,43 @@ def dice_vs_params(rows, path, paper=None, title="Dice vs trainable parameters",
     plt.close(fig)
 
 
-def overlays(images, truths, preds, path, titles=None, max_rows=4):
-    """Rows of image / truth / prediction for a few cases (images uint8 (H, W, C), masks (H, W))."""
+def overlays(images, truths, preds, path, titles=None, max_rows=8, columns=4):
+    """Outlines over the images: the reference in green, the prediction in orange (dashed), one panel
+    per case with its Dice in the title, so a reader sees at once where the model follows the
+    structure and where it does not. Masks are (H, W) binary or label maps (one outline per label).
+
+    Args:
+        images: uint8 (H, W, C) images.
+        truths, preds: masks of the same size.
+        path: the PNG to write.
+        titles: per-case names.
+        max_rows: at most this many cases (panels), `columns` to a row.
+    """
     n = min(len(images), max_rows)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
     for i in range(n):
-        img = np.asarray(images[i])[..., 0] if np.asarray(images[i]).shape[-1] == 1 else images[i]
-        for j, (panel, name) in enumerate(((img, "image"), (truths[i], "truth"), (preds[i], "prediction"))):
-            axes[i, j].imshow(panel, cmap="gray")
-            axes[i, j].set_axis_off()
-            label = name if titles is None or j else f"{titles[i]}"
-            axes[i, j].set_title(label, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+        img = np.asarray(images[i])
+        ax = axes.flat[i]
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+        truth, pred = np.asarray(truths[i]).squeeze(), np.asarray(preds[i]).squeeze()
+        for label in sorted(set(np.unique(truth)) | set(np.unique(pred)) - {0}):
+            for mask, color, style in ((truth, "#2ca02c", "solid"), (pred, "#ff7f0e", "dashed")):
+                if (mask == label).any():
+                    ax.contour(mask == label, levels=[0.5], colors=color, linewidths=1.4, linestyles=style)
+        t, p = truth > 0, pred > 0
+        denom = t.sum() + p.sum()
+        dice = 2 * (t & p).sum() / denom if denom else 1.0
+        name = f"{titles[i]}: " if titles is not None else ""
+        ax.set_title(f"{name}Dice {dice:.3f}", fontsize=8)
+    fig.legend(handles=[plt.Line2D([], [], color="#2ca02c", label="reference"),
+                        plt.Line2D([], [], color="#ff7f0e", linestyle="--", label="prediction")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
