@@ -13,7 +13,7 @@ setup(
     # package, so `tlunet experiment NAME` finds them after any kind of install (tlunet.resources).
     packages=find_packages(include=["tlunet", "tlunet.*"]) + ["tlunet.experiments", "tlunet.sample_data"],
     package_dir={"tlunet.experiments": "experiments", "tlunet.sample_data": "data"},
-    package_data={"tlunet.experiments": ["*/config.yaml", "*/README.md"],
+    package_data={"tlunet.experiments": ["README.md", "*/config.yaml", "*/README.md"],
                   "tlunet.sample_data": ["README.md", "*/README.md", "*/*.csv", "*/*/*.png"]},
     install_requires=[
         # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is.

@@ -61,3 +61,23 @@ def test_bad_inputs():
         ev.iou(np.zeros((4, 4)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="spacing"):
         ev.hausdorff(np.ones((4, 4)), np.ones((4, 4)), spacing=(1, -1))
+
+
+def test_classification_metrics_against_hand_counts():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.8, .1, .1], [.3, .6, .1], [.2, .7, .1], [.1, .8, .1], [.1, .1, .8], [.5, .2, .3]])
+    m = ev.classification_metrics(y, probs, ["covid", "pneumonia", "regular"])
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["pneumonia"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["regular"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["covid"]["f1"] == pytest.approx(0.5)
+    # AUC of "covid": positives score .8,.3; negatives .2,.1,.1,.5 -> pairs won 4 + 3 of 8
+    assert m["per_class"]["covid"]["auc"] == pytest.approx(7 / 8)
+    perfect = ev.classification_metrics(y, np.eye(3)[y])
+    assert perfect["macro_auc"] == 1.0 and perfect["macro_f1"] == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        ev.classification_metrics([0, 5], np.eye(3)[:2])
+    # a class missing from the test labels is not counted as a failure in the macro means
+    absent = ev.classification_metrics([0, 1, 1], np.eye(3)[[0, 1, 1]])
+    assert np.isnan(absent["per_class"]["2"]["f1"]) and absent["macro_f1"] == 1.0

@@ -105,12 +105,12 @@ def test_frozen_batchnorm_runs_in_inference_mode():
     model = apply_strategy(tlunet.build_model("mobilenetv2_unet", input_shape=(64, 64, 3)), "decoder")
     encoder = model.get_layer("encoder")
     x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
-    train_mode = keras.ops.convert_to_numpy(encoder(x, training=True)[-1])
-    infer_mode = keras.ops.convert_to_numpy(encoder(x, training=False)[-1])
+    train_mode = keras.ops.convert_to_numpy(encoder(x, training=True)["P5"])
+    infer_mode = keras.ops.convert_to_numpy(encoder(x, training=False)["P5"])
     np.testing.assert_allclose(train_mode, infer_mode, rtol=1e-5, atol=1e-5)
     # ...while a trainable BN (decoder) does behave differently in training mode.
     apply_strategy(model, "all")
-    train_mode = keras.ops.convert_to_numpy(encoder(x, training=True)[-1])
+    train_mode = keras.ops.convert_to_numpy(encoder(x, training=True)["P5"])
     assert not np.allclose(train_mode, infer_mode, atol=1e-3)
 
 

@@ -12,8 +12,7 @@ import pytest
 
 import tlunet
 from tlunet.data import make_dataset
-from tlunet.train import (compile_model, fit, fraction_indices, kfold_indices, read_history,
-                          run_stages)
+from tlunet.train import compile_model, fit, read_history, run_stages
 
 SCRIPT = textwrap.dedent('''
     import os, sys, json
@@ -110,28 +109,12 @@ def test_stages_train_then_skip_finished_stages(tmp_path):
         run_stages(again, [{"strategy": "all", "epoch": 3}], ds, run_dir=str(tmp_path / "x"))
 
 
-@pytest.mark.parametrize("k", [2, 5])
-def test_kfold_groups_and_coverage(k):
-    groups = [i // 3 for i in range(30)]
-    folds = kfold_indices(30, k, seed=1, groups=groups)
-    tests = [set(t) for _, t in folds]
-    assert sorted(i for t in tests for i in t) == list(range(30))  # each item tested once
-    for train, test in folds:
-        assert not {groups[i] for i in train} & {groups[i] for i in test}
-    with pytest.raises(ValueError, match="cannot make"):
-        kfold_indices(4, 5, groups=[0, 0, 1, 1])
-
-
-def test_fraction_indices_nested_and_grouped():
-    groups = [i // 2 for i in range(40)]
-    idx = list(range(40))
-    sizes = [len(fraction_indices(idx, f, seed=3, groups=groups)) for f in (0.1, 0.3, 0.5, 1.0)]
-    assert sizes == [4, 12, 20, 40]
-    small = fraction_indices(idx, 0.1, seed=3, groups=groups)
-    assert {groups[i] for i in small} and all(groups.count(groups[i]) == 2 for i in small)
-    assert set(small) <= set(fraction_indices(idx, 0.3, seed=3, groups=groups))  # nested sweep
-    with pytest.raises(ValueError, match="fraction"):
-        fraction_indices(idx, 0)
+def test_a_dict_strategy_gets_a_plain_stage_folder(tmp_path):
+    x, y = _tiny_data()
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16))
+    run_stages(model, [{"strategy": {"trainable": ["decoder", "head"]}, "epochs": 1}], make_dataset(x, y, batch_size=4),
+               run_dir=str(tmp_path), verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["stage0_custom"]
 
 
 @pytest.mark.slow

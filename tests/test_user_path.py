@@ -16,7 +16,7 @@ import yaml
 
 import tlunet
 from tlunet.cli import main
-from tlunet.experiment import config_from_dict, run_experiment
+from tlunet.runners import config_from_dict, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(sysconfig.get_path("scripts"))

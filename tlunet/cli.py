@@ -4,7 +4,20 @@ import argparse
 import os
 import sys
 
+import keras
+import numpy as np
+
+import tlunet
 from tlunet._quiet import quiet_tensorflow
+from tlunet.export import export_savedmodel
+from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
+from tlunet.predict import predict_folder, read_pixel_sizes
+from tlunet.resources import list_experiments
+from tlunet.runners import config_from_dict, load_config, parse_overrides, run_experiment
+from tlunet.runners.config import merge
+from tlunet.runners.image import evaluate_cases, load_data
+from tlunet.runners.results import write_csv
+from tlunet.train import get_distribution_strategy
 
 
 def _shape(text):
@@ -15,9 +28,6 @@ def _shape(text):
 
 
 def _cmd_models(args):
-    import tlunet
-    from tlunet.finetune import trainable_params
-
     rows = []
     for name in tlunet.list_models():
         info = tlunet.get_model_info(name)
@@ -37,9 +47,6 @@ def _cmd_models(args):
 
 
 def _cmd_strategies(args):
-    import tlunet
-    from tlunet.finetune import PRESET_SETS, strategy_report
-
     model = tlunet.build_model(args.model, input_shape=args.input_shape, classes=args.classes)
     strategies = PRESET_SETS.get(args.strategies) or args.strategies.split(";")
     reference = None
@@ -56,9 +63,6 @@ def _cmd_strategies(args):
 
 
 def _cmd_experiment(args):
-    from tlunet.experiment import _merge, load_config, parse_overrides, run_experiment
-    from tlunet.resources import list_experiments
-
     if args.list or not args.name:
         if not args.list:
             print("tlunet experiment: name an experiment (or a config.yaml); these ship with tlunet:\n", file=sys.stderr)
@@ -76,15 +80,13 @@ def _cmd_experiment(args):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--encoder-weights {args.encoder_weights}: file not found")
         overrides["model"] = {"encoder_weights": path}
-    overrides = _merge(overrides, parse_overrides(args.set))
+    overrides = merge(overrides, parse_overrides(args.set))
     cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     return 0
 
 
 def _cmd_train(args):
-    from tlunet.experiment import config_from_dict, run_experiment
-
     raw = {
         "name": args.name, "seed": args.seed, "deterministic": args.deterministic,
         "data": {"kind": args.kind, "root": os.path.abspath(args.data), "layout": args.layout,
@@ -100,7 +102,6 @@ def _cmd_train(args):
         raw["data"].pop("layout")
     cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
     if args.distribute:
-        from tlunet.train import get_distribution_strategy
         with get_distribution_strategy(args.distribute).scope():
             run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     else:
@@ -110,9 +111,6 @@ def _cmd_train(args):
 
 
 def _load_model(path):
-    import keras
-
-    import tlunet  # noqa: F401  (registers tlunet's custom objects)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     try:
@@ -122,12 +120,12 @@ def _load_model(path):
 
 
 def _cmd_evaluate(args):
-    import numpy as np
-
-    from tlunet.experiment import _write_csv, config_from_dict, evaluate_cases, load_data
-
     model = _load_model(args.model)
     _, h, w, channels = model.input_shape
+    if args.image_size:
+        h, w = args.image_size
+    if h is None or w is None:
+        raise ValueError(f"{args.model} accepts any input size; pass --image-size H,W (the size it was trained at)")
     raw = {"name": "evaluate", "data": {"kind": args.kind, "root": os.path.abspath(args.data),
                                         "image_size": [h, w], "channels": channels},
            "runs": [{"name": "evaluate"}]}
@@ -142,14 +140,12 @@ def _cmd_evaluate(args):
         values = np.array([r[k] for r in rows], float)
         print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
     if args.csv:
-        _write_csv(args.csv, rows)
+        write_csv(args.csv, rows)
         print(f"wrote {args.csv}")
     return 0
 
 
 def _cmd_predict(args):
-    from tlunet.predict import predict_folder, read_pixel_sizes
-
     model = _load_model(args.model)
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
     rows = predict_folder(model, args.input, args.output, threshold=args.threshold, pixel_sizes=sizes)
@@ -158,8 +154,6 @@ def _cmd_predict(args):
 
 
 def _cmd_export(args):
-    from tlunet.export import export_savedmodel
-
     path = export_savedmodel(_load_model(args.model), args.output, size=args.size)
     print(f"SavedModel written to {path} (endpoints: serve = uint8 any size; serve_model = float32)")
     return 0
@@ -231,6 +225,7 @@ def build_parser():
     p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
     p.add_argument("--layout", default="generic")
     p.add_argument("--csv", help="write per-case metrics here")
+    p.add_argument("--image-size", type=_shape, help="H,W to evaluate at, for a model built with any input size")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_evaluate)
 

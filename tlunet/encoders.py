@@ -1,8 +1,10 @@
 """Encoder registry: which keras.applications model, which layers feed the skips, which input range.
 
-An encoder is built as a nested multi-output `keras.Model` named "encoder" that keeps the
-keras.applications layer names (`block4_conv3`, `block_12_add`, ...), so ImageNet weight files load
-into it unchanged and fine-tuning can freeze it as one group.
+An encoder is built as a nested `keras.Model` named "encoder" that keeps the keras.applications
+layer names (`block4_conv3`, `block_12_add`, ...), so ImageNet weight files load into it unchanged
+and fine-tuning can freeze it as one group. It hands out a feature pyramid keyed by level, as
+keras-hub's backbones do: `{"P1": ..., "P5": ...}`, where Pn is 2**n times smaller than the input;
+a decoder picks levels by key.
 """
 
 import os
@@ -41,7 +43,13 @@ class EncoderSpec:
     imagenet_file: str
 
     @property
+    def levels(self):
+        """The pyramid keys, shallow to deep ("P0" is full resolution)."""
+        return tuple(f"P{int(np.log2(r))}" for r in self.reductions)
+
+    @property
     def divisor(self):
+        """Input sizes must be multiples of this: the deepest level's reduction."""
         return self.reductions[-1]
 
 
@@ -143,7 +151,7 @@ def build_encoder(name, input_shape, weights=None, channel_mode="repeat"):
             grey image, a third of the first-layer compute).
 
     Returns:
-        `keras.Model` named "encoder" whose outputs are the skip feature maps, shallow to deep.
+        `keras.Model` named "encoder" whose output is the feature pyramid {"P<n>": features at 1/2**n}.
     """
     spec = get_encoder_spec(name)
     weights = _check_weights_arg(weights, spec)
@@ -160,7 +168,7 @@ def build_encoder(name, input_shape, weights=None, channel_mode="repeat"):
         base = _application(spec, (height, width, 1), None)
         if weights is not None:
             _fold_first_conv(_application(spec, (height, width, 3), weights), base, spec.first_conv)
-    outputs = [base.get_layer(layer_name).output for layer_name in spec.skip_layers]
+    outputs = {level: base.get_layer(layer_name).output for level, layer_name in zip(spec.levels, spec.skip_layers)}
     return keras.Model(base.inputs, outputs, name="encoder")
 
 

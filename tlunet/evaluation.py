@@ -8,6 +8,7 @@ exactly one empty -> Dice/IoU 0 and distances inf.
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 
 def _as_bool(a, name):
@@ -129,7 +130,6 @@ def evaluate(pred, true, spacing=None, tolerance=1.0):
 # ------------------------------------------------------------------------------ classification
 def _binary_auc(scores, positive):
     """Area under the ROC curve by the rank (Mann-Whitney) formula; ties count half."""
-    from scipy.stats import rankdata
     pos = positive.sum()
     neg = len(positive) - pos
     if pos == 0 or neg == 0:

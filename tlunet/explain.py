@@ -6,7 +6,15 @@ frame, the classifier's own segmentation overlay, the Grad-CAM heat map of the p
 the class probabilities.
 """
 
+import keras
+import matplotlib
 import numpy as np
+import tensorflow as tf
+
+from tlunet.models.classifier import segmentation_branch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 # overlay colours of the lung-ultrasound classes (background transparent)
 LINE_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.8, 1.0), 3: (1.0, 0.85, 0.1)}
@@ -33,8 +41,6 @@ def grad_cam(model, image, class_index=None, layer=None):
     Returns:
         (heat map float32 (H, W) in [0, 1], class_index, probabilities).
     """
-    import keras
-    import tensorflow as tf
 
     x = np.asarray(image, np.float32)[None]
     if x.shape[1:] != tuple(d if d is not None else s for d, s in zip(model.input_shape[1:], x.shape[1:])):
@@ -72,12 +78,6 @@ def explain_figure(classifier, image, path, class_names, true_label=None, layer=
     Returns:
         dict with the predicted class, its probability and the path.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tlunet.models.classifier import segmentation_branch
-
     image = np.asarray(image, np.float32)
     cam, predicted, probs = grad_cam(classifier, image, layer=layer)
     seg = np.asarray(segmentation_branch(classifier)(image[None], training=False))[0]

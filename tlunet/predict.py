@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from tlunet.biometry import head_circumference
-from tlunet.data.folders import _files
+from tlunet.data.folders import list_files
 from tlunet.data.io import IMAGE_SUFFIXES, DataError, read_image
 from tlunet.data.pipeline import resize_pair
 
@@ -52,7 +52,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if model.output_shape[-1] != 1:
         raise ValueError(f"predict_folder handles one-channel (binary) models; {model.name!r} has "
                          f"{model.output_shape[-1]} output channels")
-    names = [f for f in _files(input_dir, IMAGE_SUFFIXES) if "_Annotation" not in f]
+    names = [f for f in list_files(input_dir, IMAGE_SUFFIXES) if "_Annotation" not in f]
     if not names:
         raise DataError(f"{input_dir}: no images")
     for sub in ("masks", "overlays"):

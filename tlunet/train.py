@@ -146,7 +146,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
         if unknown:
             raise ValueError(f"Stage {i} has unknown keys {sorted(unknown)}; valid: strategy, epochs, "
                              "learning_rate, name")
-        name = stage.get("name") or f"stage{i}_{stage['strategy']}".replace(",", "_")
+        label = stage["strategy"] if isinstance(stage["strategy"], str) else "custom"  # a dict strategy
+        name = stage.get("name") or f"stage{i}_{label}".replace(",", "_")
         stage_dir = os.path.join(run_dir, name)
         done = os.path.join(stage_dir, "done.json")
         weights = os.path.join(stage_dir, "final.weights.npz")
@@ -167,34 +168,3 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
             json.dump(result, f)
         results.append(result)
     return results
-
-
-def kfold_indices(n, k, seed=0, groups=None):
-    """k (train, test) index pairs; with `groups`, no group appears on both sides of a fold."""
-    if k < 2:
-        raise ValueError(f"`k` must be >= 2. Received: k={k}")
-    groups = list(range(n)) if groups is None else list(groups)
-    unique = sorted(set(groups), key=str)
-    if len(unique) < k:
-        raise ValueError(f"{len(unique)} groups cannot make {k} folds")
-    np.random.default_rng(seed).shuffle(unique)
-    fold_of = {g: i % k for i, g in enumerate(unique)}
-    folds = []
-    for f in range(k):
-        test = [i for i in range(n) if fold_of[groups[i]] == f]
-        train = [i for i in range(n) if fold_of[groups[i]] != f]
-        folds.append((train, test))
-    return folds
-
-
-def fraction_indices(indices, fraction, seed=0, groups=None):
-    """A seeded subset holding `fraction` of `indices` (of their groups, when given), for
-    training-set-size sweeps (10/30/50/100 %)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction}")
-    indices = list(indices)
-    keys = indices if groups is None else [groups[i] for i in indices]
-    unique = sorted(set(keys), key=str)
-    np.random.default_rng(seed).shuffle(unique)
-    keep = set(unique[:max(1, round(fraction * len(unique)))])
-    return [i for i, key in zip(indices, keys) if key in keep]

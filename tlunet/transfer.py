@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from tlunet.models.unet import build_hybrid_unet3d, build_unet
 from tlunet.selection import check_selectors, iter_layers, matches
 
 MATCH_MODES = ("path", "name")
@@ -132,7 +133,6 @@ def build_transfer_model(method, source, *, classes=None, input_shape=None, acti
     Returns:
         (model, TransferReport) — the report lists the copied layer paths.
     """
-    from tlunet.models.unet import build_hybrid_unet3d, build_unet
 
     if method not in TRANSFER_METHODS:
         raise ValueError(f"`method` must be one of {sorted(TRANSFER_METHODS)}. Received: method={method!r}")
@@ -148,8 +148,8 @@ def build_transfer_model(method, source, *, classes=None, input_shape=None, acti
             if len(input_shape) == 4 else None
         if model is None:
             raise ValueError(f"the hybrid encoder is built for volumes. Received: input_shape={input_shape}")
-        report = transfer_weights(source, model, include=["source_encoder"],
-                                  rename=lambda key: f"source_encoder/{key}", strict=True)
+        report = transfer_weights(source, model, include=["encoder_source"],
+                                  rename=lambda key: f"encoder_source/{key}", strict=True)
         return model, report
     name = "unet3d" if len(input_shape) == 4 else "unet"
     model = build_unet(input_shape, classes, activation=activation, name=name, **arch)

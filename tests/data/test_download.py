@@ -109,7 +109,8 @@ def test_tfds_load_hc18_after_import_tlunet_downloads_itself(zenodo, tmp_path, m
 
 
 def test_experiment_data_download_uses_the_same_path(zenodo, tmp_path, monkeypatch):
-    from tlunet.experiment import config_from_dict, load_data
+    from tlunet.runners import config_from_dict
+    from tlunet.runners.image import load_data
     url, _ = zenodo
     monkeypatch.setenv("TLUNET_HC18_RECORD_URL", url)
     monkeypatch.setenv("TLUNET_DATA", str(tmp_path / "home"))

@@ -86,13 +86,13 @@ def test_pretrained_encoder_copies_encoder_and_bottleneck_only():
 def test_hybrid_encoder_source_branch_is_pretrained_target_branch_is_not():
     src = _source()
     model, report = tlunet.build_transfer_model("hybrid", src)
-    assert _same(model.get_layer("source_encoder"), keras.Model(src.input, [
+    assert _same(model.get_layer("encoder_source"), keras.Model(src.input, [
         src.get_layer(n).output for n in ("encoder_block1_relu2", "encoder_block2_relu2", "bottleneck_relu2")]))
-    target = model.get_layer("target_encoder")
+    target = model.get_layer("encoder_target")
     assert not any(np.array_equal(target.get_layer(n).get_weights()[0], src.get_layer(n).get_weights()[0])
                    for n in ("encoder_block1_conv1", "bottleneck_conv1"))
-    assert all(p.startswith("source_encoder/") for p in report.copied)
-    assert sorted(l.name for l in model.layers if isinstance(l, SelectiveFusion)) == ["fusion1", "fusion2", "fusion3"]
+    assert all(p.startswith("encoder_source/") for p in report.copied)
+    assert sorted(l.name for l in model.layers if isinstance(l, SelectiveFusion)) == ["encoder_fusion1", "encoder_fusion2", "encoder_fusion3"]
     assert model.output_shape == (None, *SHAPE[:-1], 1)
 
 
@@ -129,9 +129,9 @@ def test_hybrid_model_trains_and_round_trips_keras_file(tmp_path):
     model.compile(optimizer="adam", loss="binary_crossentropy")
     x = np.random.default_rng(0).random((2, *SHAPE)).astype("float32")
     y = (x > 0.5).astype("float32")
-    before = model.get_layer("fusion2").attend_kernel.numpy().copy()
+    before = model.get_layer("encoder_fusion2").attend_kernel.numpy().copy()
     model.fit(x, y, epochs=1, verbose=0)
-    assert not np.array_equal(before, model.get_layer("fusion2").attend_kernel.numpy())
+    assert not np.array_equal(before, model.get_layer("encoder_fusion2").attend_kernel.numpy())
     model.save(tmp_path / "hybrid.keras")
     loaded = keras.models.load_model(tmp_path / "hybrid.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -56,8 +56,23 @@ def test_mobilenetv2_unet_matches_wang_counts():
 
 def test_mobilenetv2_skips_have_smp_channels():
     encoder = tlunet.build_model("mobilenetv2_unet", input_shape=(64, 96, 3)).get_layer("encoder")
-    assert [s[1:] for s in encoder.output_shape] == [
-        (32, 48, 16), (16, 24, 24), (8, 12, 32), (4, 6, 96), (2, 3, 1280)]
+    assert {k: tuple(v.shape[1:]) for k, v in encoder.output.items()} == {
+        "P1": (32, 48, 16), "P2": (16, 24, 24), "P3": (8, 12, 32), "P4": (4, 6, 96), "P5": (2, 3, 1280)}
+
+
+@pytest.mark.parametrize("name", ["vgg16_unet", "mobilenetv2_unet"])
+def test_encoders_hand_out_a_pyramid_keyed_by_level(name):
+    """Pn is 2**n smaller than the input; the model's divisor is the deepest level's reduction."""
+    model = tlunet.build_model(name, input_shape=(64, 96, 1))
+    pyramid = model.get_layer("encoder").output
+    for key, tensor in pyramid.items():
+        n = int(key[1:])
+        assert tuple(tensor.shape[1:3]) == (64 // 2 ** n, 96 // 2 ** n), (key, tensor.shape)
+    assert tlunet.get_model_info(name).divisor == 2 ** max(int(k[1:]) for k in pyramid)
+    # each decoder stage takes the level it upsamples to (the first skip is the second-deepest)
+    deepest = max(int(k[1:]) for k in pyramid)
+    skip = model.get_layer("decoder_stage0_concat").input[1]
+    assert tuple(skip.shape[1:3]) == (64 // 2 ** (deepest - 1), 96 // 2 ** (deepest - 1))
 
 
 @pytest.mark.parametrize("name,shape,classes", [
@@ -98,13 +113,28 @@ def test_none_spatial_dims_accept_any_valid_size(name):
         assert model.predict(np.zeros((1, *size, 1), np.float32), verbose=0).shape == (1, *size, 1)
 
 
-def test_every_layer_belongs_to_a_named_group():
+def _small_shape(info):
+    div = info.divisor if isinstance(info.divisor, tuple) else (info.divisor,) * info.spatial_dims
+    channels = 1 if info.channels is None or 1 in info.channels else info.channels[0]
+    return (*[2 * d for d in div], channels)
+
+
+@pytest.mark.parametrize("name", tlunet.list_models())
+def test_every_model_honours_the_group_contract(name):
+    """encoder / bottleneck / decoder_stage{i} / head: every layer is in one, and the presets that
+    select by group work on every registered model (hybrid_unet3d's two encoders and fusion units
+    are `encoder_*`)."""
+    from tlunet.finetune import apply_strategy, trainable_params
     from tlunet.selection import group_of, iter_layers
-    for name in ["unet", "vgg16_unet", "mobilenetv2_unet"]:
-        model = tlunet.build_model(name, input_shape=(64, 64, 1))
-        for path, layer in iter_layers(model):
-            assert group_of(path) in {"encoder", "bottleneck", "head"} or \
-                group_of(path).startswith("decoder_stage"), (name, path)
+    model = tlunet.build_model(name, input_shape=_small_shape(tlunet.get_model_info(name)))
+    found = {group_of(path) for path, layer in iter_layers(model) if layer.weights}
+    assert found <= {"encoder", "bottleneck", "head"} | {g for g in found if g.startswith("decoder_stage")}, found
+    assert {"encoder", "head"} <= found and any(g.startswith("decoder_stage") for g in found)
+    total = trainable_params(model)
+    apply_strategy(model, "frozen_encoder")
+    frozen = [path for path, layer in iter_layers(model) if layer.weights and not layer.trainable]
+    assert frozen and all(group_of(p) == "encoder" for p in frozen)
+    assert 0 < trainable_params(model) < total
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -18,7 +18,8 @@ LAYOUTS = {
 }
 
 
-def _files(folder, suffixes):
+def list_files(folder, suffixes):
+    """Sorted names of the files in `folder` ending in one of `suffixes` (hidden files skipped)."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: folder not found")
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(suffixes) and not f.startswith("."))
@@ -48,7 +49,7 @@ def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classe
 
     def by_stem(folder):
         out = {}
-        for f in _files(folder, IMAGE_SUFFIXES):
+        for f in list_files(folder, IMAGE_SUFFIXES):
             stem = os.path.splitext(f)[0]
             if stem in out:
                 raise DataError(f"{folder}: two files with stem {stem!r}: {out[stem]} and {f}")
@@ -69,19 +70,6 @@ def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classe
                            [{"stem": s} for s in stems], num_classes=num_classes)
 
 
-def split_indices(n, fractions=(0.8, 0.2), seed=0, groups=None):
-    """Index lists for a seeded split; with `groups`, no group is split across parts."""
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.min() < 0 or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"`fractions` must be non-negative and sum to 1. Received: {fractions.tolist()}")
-    groups = list(range(n)) if groups is None else list(groups)
-    unique = sorted(set(groups), key=str)
-    np.random.default_rng(seed).shuffle(unique)
-    bounds = np.round(np.cumsum(fractions) * len(unique)).astype(int)
-    part = {g: int(np.searchsorted(bounds, i, side="right")) for i, g in enumerate(unique)}
-    return [[i for i in range(n) if part[groups[i]] == k] for k in range(len(fractions))]
-
-
 def find_class_folders(root, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES):
     """POCUS-style `root/<class>/<file>` listing.
 
@@ -96,7 +84,7 @@ def find_class_folders(root, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES):
         raise DataError(f"{root}: no class sub-folders")
     items = []
     for label, name in enumerate(classes):
-        for f in _files(os.path.join(root, name), suffixes):
+        for f in list_files(os.path.join(root, name), suffixes):
             items.append({"path": os.path.join(root, name, f), "label": label, "class": name,
                           "group": f"{name}/{os.path.splitext(f)[0]}"})
     if not items:

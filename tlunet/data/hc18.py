@@ -16,6 +16,7 @@ from skimage import draw
 
 from tlunet.biometry import fit_ellipse
 from tlunet.data.io import DataError, read_image, read_mask
+from tlunet.data.pipeline import SegmentationSet
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 _NAME_RE = re.compile(r"^(\d+)_(\d*)HC\.png$")
@@ -103,17 +104,6 @@ def load_hc18_record(record):
     return image, mask
 
 
-def split_by_subject(records, fractions=(0.8, 0.2), seed=0):
-    """Splits records into len(fractions) lists with no subject in two lists.
-
-    Subjects (not files) are shuffled with `seed` and dealt out by cumulative fraction.
-    """
-    from tlunet.data.folders import split_indices
-
-    parts = split_indices(len(records), fractions, seed=seed, groups=[r.subject for r in records])
-    return [[records[i] for i in part] for part in parts]
-
-
 def _read_filled(path):
     return fill_annotation(read_mask(path, binary=True), path)[0]
 
@@ -124,8 +114,6 @@ def hc18_set(root_or_records):
     Args:
         root_or_records: the HC18 root folder, or records from `find_hc18`/`split_by_subject`.
     """
-    from tlunet.data.pipeline import SegmentationSet
-
     records = find_hc18(root_or_records) if isinstance(root_or_records, (str, os.PathLike)) \
         else list(root_or_records)
     meta = [{"pixel_size": r.pixel_size, "hc_mm": r.hc_mm, "subject": r.subject,

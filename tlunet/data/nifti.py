@@ -2,9 +2,12 @@
 
 import os
 
+import nibabel as nib
 import numpy as np
+import tensorflow as tf
 from scipy import ndimage
 
+from tlunet.data.augment import augment_volume
 from tlunet.data.io import DataError
 
 
@@ -39,8 +42,6 @@ def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spaci
     Raises:
         DataError: unreadable file, NaN/inf voxels, image and mask on different grids.
     """
-    import nibabel as nib
-
     def read(path):
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found")
@@ -157,10 +158,6 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
     Returns:
         `tf.data.Dataset` of (float32 (B, d, h, w, 1), float32 (B, d, h, w, 1)).
     """
-    import tensorflow as tf
-
-    from tlunet.data.augment import augment_volume
-
     if len(volumes) != len(masks) or not volumes:
         raise ValueError(f"{len(volumes)} volumes but {len(masks)} masks")
     for i, (v, m) in enumerate(zip(volumes, masks)):

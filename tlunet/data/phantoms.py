@@ -174,3 +174,36 @@ def ct_volume(shape=(32, 96, 96), n_lesions=3, spacing=(2.5, 0.8, 0.8), seed=0, 
     image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 20, shape)
     return {"image": image.astype(np.float32), "mask": lesions.astype(np.uint8),
             "lungs": lungs.astype(np.uint8), "spacing": spacing}
+
+
+# SYNTHETIC lung-ultrasound classes, a deliberately simple rule (documented in the experiment README):
+#   covid:     3-6 B-lines and an irregular pleural line (irregularity 0.6-1.0), no consolidation
+#   pneumonia: a subpleural consolidation, 0-2 B-lines, mildly irregular pleura (0.2-0.5)
+#   regular:   A-lines (no B-lines), smooth pleura (irregularity 0-0.15), no consolidation
+PHANTOM_CLASS_RULE = {
+    "covid": {"n_b_lines": (3, 6), "pleural_irregularity": (0.6, 1.0), "consolidation": False},
+    "pneumonia": {"n_b_lines": (0, 2), "pleural_irregularity": (0.2, 0.5), "consolidation": True},
+    "regular": {"n_b_lines": (0, 0), "pleural_irregularity": (0.0, 0.15), "consolidation": False},
+}
+
+
+def phantom_videos(classes, n_videos, frames_per_video, size, seed=0):
+    """Class-labelled SYNTHETIC lung-ultrasound 'videos' (frames sharing one video's parameters).
+    Returns (frames uint8 (H, W, 1) list, labels, groups = video ids)."""
+    missing = [c for c in classes if c not in PHANTOM_CLASS_RULE]
+    if missing:
+        raise ValueError(f"the lung-US phantom only knows classes {sorted(PHANTOM_CLASS_RULE)}; not {missing}")
+    rng = np.random.default_rng(seed)
+    frames, labels, groups = [], [], []
+    for label, name in enumerate(classes):
+        rule = PHANTOM_CLASS_RULE[name]
+        for v in range(n_videos):
+            n_b = int(rng.integers(rule["n_b_lines"][0], rule["n_b_lines"][1] + 1))
+            irregularity = float(rng.uniform(*rule["pleural_irregularity"]))
+            for t in range(frames_per_video):
+                f = lung_ultrasound(tuple(size), n_b_lines=n_b, pleural_irregularity=irregularity,
+                                    consolidation=rule["consolidation"], seed=int(rng.integers(1 << 30)))
+                frames.append(f["image"][..., None])
+                labels.append(label)
+                groups.append(f"{name}_video{v:03d}")
+    return frames, np.asarray(labels), groups

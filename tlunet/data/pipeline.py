@@ -27,6 +27,7 @@ class SegmentationSet:
         meta: one dict per pair (e.g. pixel size, subject), kept for per-case reports.
         num_classes: 2 for binary masks, else the number of labels.
         mask_reader: path -> uint8 (H, W) mask; default reads binary or label PNGs.
+        arrays: (images, masks) already in memory (e.g. phantoms); then `images`/`masks` are names.
     """
 
     images: list
@@ -34,6 +35,7 @@ class SegmentationSet:
     meta: list = field(default_factory=list)
     num_classes: int = 2
     mask_reader: object = None
+    arrays: tuple = None
 
     def __post_init__(self):
         if len(self.images) != len(self.masks):
@@ -47,8 +49,9 @@ class SegmentationSet:
     def subset(self, indices):
         """A new set with the pairs at `indices`."""
         pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        arrays = None if self.arrays is None else tuple(np.asarray(a)[list(indices)] for a in self.arrays)
         return SegmentationSet(pick(self.images), pick(self.masks), pick(self.meta),
-                               self.num_classes, self.mask_reader)
+                               self.num_classes, self.mask_reader, arrays)
 
     def read_mask(self, path):
         if self.mask_reader is not None:

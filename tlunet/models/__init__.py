@@ -3,6 +3,7 @@
 import inspect
 from dataclasses import dataclass
 
+from tlunet.encoders import get_encoder_spec
 from tlunet.models.classifier import seg_to_classifier, segmentation_branch
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
 from tlunet.models.resnet3d import build_resnet18_3d_unet
@@ -54,13 +55,13 @@ register_model(ModelInfo(
 register_model(ModelInfo(
     "vgg16_unet", build_vgg16_unet,
     "VGG16 encoder (bridge block5_conv3), transposed-conv decoder (V-Unet)",
-    "Cheng & Lam 2021", reference_shape=(256, 256, 3), divisor=16, channels=(1, 3),
+    "Cheng & Lam 2021", reference_shape=(256, 256, 3), divisor=get_encoder_spec("vgg16").divisor, channels=(1, 3),
     pretrained_encoder=True))
 register_model(ModelInfo(
     "mobilenetv2_unet", build_mobilenetv2_unet,
     "MobileNetV2 encoder, smp-style decoder 256-16 with BN, nearest upsampling",
-    "Wang et al. 2023", reference_shape=(512, 512, 3), divisor=32, channels=(1, 3),
-    pretrained_encoder=True))
+    "Wang et al. 2023", reference_shape=(512, 512, 3), divisor=get_encoder_spec("mobilenetv2").divisor,
+    channels=(1, 3), pretrained_encoder=True))
 register_model(ModelInfo(
     "unet3d", build_unet3d,
     "3D U-Net 32-320 filters, conv-BN-ReLU, transposed-conv decoder (nnU-Net widths)",

@@ -5,6 +5,7 @@ import keras
 from tlunet.encoders import build_encoder, get_encoder_spec
 from tlunet.layers import EncoderPreprocessing
 from tlunet.models.blocks import decoder_stage, segmentation_head
+from tlunet.selection import iter_layers
 
 
 def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, decoder_upsample,
@@ -41,16 +42,18 @@ def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, deco
     if input_shape[-1] == 1 and channel_mode == "repeat":
         x = keras.layers.Concatenate(name="encoder_grey_to_rgb")([x, x, x])
     x = EncoderPreprocessing(spec.preprocessing, name="encoder_preprocess")(x)
-    features = enc(x)
-    x, skips = features[-1], list(reversed(features[:-1]))
-    skips += [None] * (len(decoder_filters) - len(skips))
+    pyramid = enc(x)
+    deepest = int(spec.levels[-1][1:])
+    x = pyramid[spec.levels[-1]]
+    # decoder stage i upsamples to level deepest-i-1 and takes that level's features, if the
+    # encoder has them (MobileNetV2 has no full-resolution level, so its last stage has no skip)
+    skips = [pyramid.get(f"P{deepest - i - 1}") for i in range(len(decoder_filters))]
     for i, (f, skip) in enumerate(zip(decoder_filters, skips)):
         x = decoder_stage(x, skip, f, name=f"decoder_stage{i}", upsample=decoder_upsample,
                           batchnorm=decoder_batchnorm)
     outputs = segmentation_head(x, classes, activation=activation, kernel_size=head_kernel_size)
     model = keras.Model(inputs, outputs, name=name or f"{encoder}_unet")
     if bn_momentum is not None:
-        from tlunet.selection import iter_layers
         for _, layer in iter_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum

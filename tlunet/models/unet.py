@@ -72,18 +72,18 @@ def build_unet_encoder(input_shape, filters=UNET3D_FILTERS, batchnorm=True, name
 
 def build_hybrid_unet3d(input_shape, classes=1, *, activation="auto", filters=UNET3D_FILTERS, batchnorm=True,
                         reduction=4):
-    """Wang et al. 2020's hybrid encoder: a `target_encoder` learnt on the target data and a
-    `source_encoder` (initialised from a model pre-trained on the source lesions and adapted while
-    training), merged at every level by a `SelectiveFusion` unit (`fusion{i}`, attention over the
+    """Wang et al. 2020's hybrid encoder: an `encoder_target` learnt on the target data and an
+    `encoder_source` (initialised from a model pre-trained on the source lesions and adapted while
+    training), merged at every level by a `SelectiveFusion` unit (`encoder_fusion{i}`, attention over the
     two branches per channel), then the usual decoder and head.
 
     Use `tlunet.transfer.build_transfer_model("hybrid", source)` to get it with the source weights.
     """
     spatial_dims = len(input_shape) - 1
     inputs = keras.Input(shape=input_shape, name="image")
-    target = build_unet_encoder(input_shape, filters, batchnorm, name="target_encoder")(inputs)
-    source = build_unet_encoder(input_shape, filters, batchnorm, name="source_encoder")(inputs)
-    fused = [SelectiveFusion(reduction=reduction, name=f"fusion{i}")([t, s])
+    target = build_unet_encoder(input_shape, filters, batchnorm, name="encoder_target")(inputs)
+    source = build_unet_encoder(input_shape, filters, batchnorm, name="encoder_source")(inputs)
+    fused = [SelectiveFusion(reduction=reduction, name=f"encoder_fusion{i}")([t, s])
              for i, (t, s) in enumerate(zip(target, source), start=1)]
     outputs = _expanding_path(fused[-1], fused[:-1], filters, spatial_dims, batchnorm, classes, activation)
     return keras.Model(inputs, outputs, name="hybrid_unet3d")

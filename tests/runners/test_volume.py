@@ -1,6 +1,5 @@
 """The volume experiment runner (`task: volume`) end to end on tiny CT phantoms, and NIfTI folders."""
 
-import json
 
 import nibabel as nib
 import numpy as np
@@ -9,7 +8,7 @@ import yaml
 
 from tlunet.data import DataError, find_nifti_pairs
 from tlunet.data.phantoms import ct_volume
-from tlunet.experiment import ConfigError, config_from_dict, load_config, run_experiment
+from tlunet.runners import ConfigError, config_from_dict, load_config, run_experiment
 
 TINY3D = {
     "name": "tiny3d",
@@ -31,7 +30,7 @@ def test_volume_runner_pretrains_transfers_evaluates_and_skips_finished_runs(tmp
     cfg = config_from_dict(TINY3D, str(tmp_path / "tiny.yaml"))
     rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
     assert [r["run"] for r in rows] == ["scratch", "hybrid", "body"]
-    assert all(0 <= r["dice"] <= 1 and 0 <= r["nsd"] <= 1 for r in rows)
+    assert all(np.isfinite(r["dice"]) and np.isfinite(r["nsd"]) and r["n_test"] > 0 for r in rows)
     exp = tmp_path / "results" / "tiny3d"
     assert (exp / "pretrain" / "source.keras").exists()
     for name in ("config.yaml", "metrics.csv", "model.keras", "figures/overlays.png",
@@ -69,7 +68,7 @@ def test_volume_runner_reads_nifti_folders_and_folds(tmp_path):
     raw.pop("pretrain")
     cfg = config_from_dict(raw, str(tmp_path / "nifti.yaml"))
     rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
-    assert rows[0]["folds"] == 3 and rows[0]["n_train"] == 1 and rows[0]["n_test"] == 2
+    assert rows[0]["folds"] == 3 and rows[0]["n_train"] == 1 and rows[0]["n_test"] == 6  # 2 per fold, summed
     metrics = (tmp_path / "results" / "tiny3d" / "r3d-fold0" / "metrics.csv").read_text()
     assert "case" in metrics and "hd95_mm" in metrics
 
@@ -110,3 +109,31 @@ def test_shipped_volume_configs_load_in_every_profile():
     wang = load_config("wang2020_lesion_transfer")
     assert {r["transfer"] for r in wang["runs"]} == {"scratch", "continual", "body", "encoder", "hybrid"}
     assert wang["sweep"] == {"folds": 5, "train_on": "fold"}
+
+
+def test_the_source_is_built_at_the_pretrain_blocks_patch_size(tmp_path):
+    from tlunet.runners.volume import _pretrain
+    raw = {**TINY3D, "pretrain": {**TINY3D["pretrain"], "data": {**TINY3D["pretrain"]["data"], "patch_size": [16, 16, 16]}}}
+    cfg = config_from_dict(raw, str(tmp_path / "t.yaml"))
+    assert cfg["data"]["patch_size"] != [16, 16, 16]
+    source, _ = _pretrain(cfg, str(tmp_path), 0, lambda *a: None)
+    assert tuple(source.input_shape[1:4]) == (16, 16, 16)
+
+
+def test_unavailable_pretrained_weights_skip_the_run_and_say_so_in_the_log(tmp_path, monkeypatch, capsys):
+    import tlunet
+    from tlunet.runners.config import plan_runs
+
+    def offline(name, **kwargs):
+        if kwargs.get("encoder_weights") == "kinetics400":
+            raise RuntimeError("no network")
+        return real(name, **kwargs)
+    real = tlunet.build_model
+    monkeypatch.setattr(tlunet, "build_model", offline)
+    cfg = config_from_dict({**TINY3D, "model": {"name": "resnet18_3d_unet", "encoder_weights": "kinetics400"},
+                            "runs": [{"name": "kinetics"}, {"name": "random", "model": {"encoder_weights": None}}]},
+                           str(tmp_path / "t.yaml"))
+    ready, skipped = plan_runs(cfg, {})
+    assert [r["name"] for r, _, _ in ready] == ["random"] and skipped[0][0] == "kinetics"
+    assert "kinetics400 weights could not be downloaded" in skipped[0][1]
+    assert capsys.readouterr().out == ""  # nothing printed behind the caller's log

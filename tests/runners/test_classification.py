@@ -1,0 +1,62 @@
+"""The classification runner (Gare et al. 2022 reverse transfer) end to end, and its configs."""
+
+import csv
+import json
+
+import pytest
+
+from tlunet.runners import ConfigError, config_from_dict, load_config, run_experiment
+
+
+TINY_CLS = {
+    "name": "tinycls",
+    "task": "classification",
+    "data": {"kind": "lung_us_videos", "n_videos": 3, "frames_per_video": 2, "phantom_size": [64, 64],
+             "image_size": [32, 32], "split": [0.34, 0.33, 0.33]},
+    "segmentation": {"data": {"n": 12, "phantom_size": [64, 64], "image_size": [32, 32]},
+                     "model": {"filters": [4, 8, 16]}, "training": {"epochs": 1, "batch_size": 4}},
+    "classifier": {"hidden": 8},
+    "training": {"epochs": 1, "batch_size": 4},
+    "explain": {"n": 2},
+    "runs": [{"name": "dense", "init": "dense"}, {"name": "sparse", "init": "sparse"},
+             {"name": "scratch", "init": "random"}],
+}
+
+
+@pytest.mark.slow
+def test_reverse_transfer_runner_end_to_end(tmp_path):
+    cfg = config_from_dict(TINY_CLS, str(tmp_path / "cls.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    assert [r["init"] for r in rows] == ["dense", "sparse", "random"]
+    assert all(r["n_test_videos"] >= 3 and r["n_test_frames"] == rows[0]["n_test_frames"] for r in rows)
+    assert rows[0]["seg_val_dice"] > 0 and rows[2]["seg_val_dice"] != rows[2]["seg_val_dice"]  # random: no seg model
+    exp = tmp_path / "results" / "tinycls"
+    for kind in ("dense", "sparse"):
+        assert (exp / f"segmentation_{kind}" / "source.keras").exists()
+    run = exp / "dense"
+    m = json.loads((run / "metrics.json").read_text())
+    assert sum(map(sum, m["confusion"])) == rows[0]["n_test_frames"]
+    assert (run / "figures" / "confusion.png").exists()
+    assert len(list((run / "figures").glob("explain_*.png"))) == 2
+    preds = (run / "predictions.csv").read_text().splitlines()
+    assert len(preds) == rows[0]["n_test_frames"] + 1 and "p_covid" in preds[0]
+    # test videos are whole: no video has frames in training too
+    test_videos = {r["video"] for r in csv.DictReader(open(run / "predictions.csv"))}
+    assert len(test_videos) == rows[0]["n_test_videos"]
+    logs = []
+    run_experiment(cfg, out_dir=str(tmp_path / "results"), log=logs.append)
+    assert sum("skipped" in line for line in logs) == 3
+
+
+def test_shipped_reverse_transfer_config_and_bad_configs(tmp_path):
+    for profile in (None, "quick", "full"):
+        cfg = load_config("gare2022_reverse_transfer", profile)
+        assert {r["init"] for r in cfg["runs"]} == {"dense", "sparse", "random"}
+    assert load_config("gare2022_reverse_transfer", "full")["data"]["kind"] == "class_folders"
+    for change, error in [({"runs": [{"name": "x", "init": "imagenet"}]}, "init must be one of"),
+                          ({"data": {**TINY_CLS["data"], "kind": "dicom"}}, "data.kind"),
+                          ({"classifier": {"inputs": "logits"}}, "classifier.inputs"),
+                          ({"training": {"epochz": 1}}, "unknown training keys"),
+                          ({"data": {**TINY_CLS["data"], "image_size": [64, 64]}}, "must be the same")]:
+        with pytest.raises(ConfigError, match=error):
+            config_from_dict({**TINY_CLS, **change}, str(tmp_path / "bad.yaml"))

@@ -1,0 +1,25 @@
+"""The README's five-minute walk-through runs as written (one epoch instead of thirty)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.slow
+def test_walkthrough_runs(tmp_path, monkeypatch, capsys):
+    text = README.read_text()
+    section = text[text.index("## Five-minute walk-through"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "EPOCHS, SIZE = 30, (128, 192)" in code
+    code = code.replace("EPOCHS, SIZE = 30, (128, 192)", "EPOCHS, SIZE = 1, (64, 96)")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md walk-through", "exec"), {"__name__": "walkthrough"})
+    out = capsys.readouterr().out
+    assert "6,628,945 trainable parameters" in out and "test Dice" in out
+    assert re.search(r"\d{3}_\d?HC\.png: HC (\d+\.\d|nan) mm \(annotated \d+\.\d mm\)", out), out
+    assert (tmp_path / "predictions.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / "walkthrough" / "history.csv").is_file()
+    assert (tmp_path / "fetal_head_savedmodel" / "saved_model.pb").is_file()

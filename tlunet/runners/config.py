@@ -1,0 +1,190 @@
+"""Experiment configs, shared by every runner: layering (defaults, the file, a profile, overrides),
+key checking, path resolution, the data a run needs, and the weights each run starts from."""
+
+import copy
+import os
+
+import yaml
+
+import tlunet
+from tlunet.finetune import get_strategy
+from tlunet.resources import SAMPLE_PREFIX, ConfigError, sample_path
+
+# Keys every config may have at the top level, whatever its task.
+COMMON_KEYS = {"name", "task", "seed", "deterministic", "runs", "paper", "profile", "_config_path", "description"}
+_PATH_KEYS = ("root", "encoder_weights")
+
+
+def merge(base, over):
+    """`base` updated by `over`, recursively for dicts (neither is changed)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_profile(raw, path, defaults, profile=None, overrides=None):
+    """`defaults`, then the raw config, then `profiles[profile]`, then `overrides`; records the profile
+    and the config path."""
+    raw = copy.deepcopy(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: `profiles` must map profile names to settings")
+    if profile is not None and profile not in profiles:
+        raise ConfigError(f"{path}: no profile {profile!r}; it has {sorted(profiles)}")
+    cfg = merge(merge(merge(defaults, raw), profiles.get(profile) if profile else None), overrides)
+    cfg["profile"] = profile or "default"
+    cfg["_config_path"] = path
+    return cfg
+
+
+def check_keys(cfg, path, top_keys, sections):
+    """ConfigError naming the key for an unknown top-level key, or an unknown key in a section.
+
+    Args:
+        top_keys: the task's top-level keys (COMMON_KEYS are always allowed).
+        sections: {where: (dict, allowed keys)}, e.g. {"training": (cfg["training"], {...})}.
+    """
+    valid = COMMON_KEYS | set(top_keys)
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(k for k in valid if k[0] != '_')}")
+    for where, (section, allowed) in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: `{where}` must be a mapping of keys, not {type(section).__name__}")
+        extra = sorted(set(section) - set(allowed))
+        if extra:
+            raise ConfigError(f"{path}: unknown {where} keys {extra}; valid: {sorted(allowed)}")
+    if not cfg.get("name"):
+        raise ConfigError(f"{path}: missing `name`")
+    runs = cfg.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{path}: `runs` must be a non-empty list of runs ({{name: ..., ...}})")
+    for run in runs:
+        if not isinstance(run, dict) or not run.get("name"):
+            raise ConfigError(f"{path}: every entry of `runs` needs a `name`; got {run!r}")
+
+
+def stages(cfg, run):
+    """A run's training stages, each {strategy, epochs, learning_rate} (the training block's by default)."""
+    t = cfg["training"]
+    if "stages" in run:
+        return [{"epochs": t["epochs"], "learning_rate": t["learning_rate"], **s} for s in run["stages"]]
+    return [{"strategy": run.get("strategy", "all"), "epochs": t["epochs"], "learning_rate": t["learning_rate"]}]
+
+
+def check_runs(cfg, path):
+    """Each run's model exists and each of its stages names a known strategy."""
+    for run in cfg["runs"]:
+        try:
+            tlunet.get_model_info(merge(cfg["model"], run.get("model"))["name"])
+            for stage in stages(cfg, run):
+                get_strategy(stage["strategy"])
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{path}: run {run.get('name')!r}: {e}") from e
+
+
+def resolve_path(cfg, path):
+    """A config's path: `sample:NAME` is a bundled sample, `download` stays as it is (the loader
+    fetches the data), a relative path is relative to the config file."""
+    if path is None or path == "download":
+        return path
+    path = os.path.expanduser(str(path))
+    if path.startswith(SAMPLE_PREFIX):
+        return sample_path(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(os.path.dirname(cfg["_config_path"]), path))
+
+
+def check_sources(cfg, blocks):
+    """Stops before any work when a data folder a run needs is not there, saying how to get it.
+
+    Args:
+        blocks: {where: data block}, e.g. {"data": cfg["data"], "pretrain.data": ...}; a block's
+            `get` key, if any, is the how-to in the message.
+    """
+    for where, d in blocks.items():
+        if "root" not in d or d["root"] == "download":
+            continue
+        root = resolve_path(cfg, d["root"])
+        if root is None or not os.path.isdir(root):
+            what = "is not set" if root is None else f"is {root}, which is not a folder"
+            how = d.get("get") or f"pass --data FOLDER or --set {where}.root=FOLDER"
+            raise ConfigError(f"{cfg['name']}: {where}.root {what}. {how}")
+
+
+def parse_overrides(items):
+    """`["training.epochs=5", "pretrain.data.root=/data/ecssd"]` -> a nested override dict.
+
+    Values are read as YAML (`5` is an int, `[128, 192]` a list, `null` None, anything else a string);
+    `root` and `encoder_weights` paths are taken relative to where the command runs.
+    """
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY.SUB=VALUE, e.g. training.epochs=5")
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set to a value and used as a section")
+        if parts[-1] in _PATH_KEYS and isinstance(value, str) and value != "download" \
+                and not value.startswith(SAMPLE_PREFIX) and value not in ("imagenet", "kinetics400"):
+            value = os.path.abspath(os.path.expanduser(value))
+        node[parts[-1]] = value
+    return out
+
+
+DOWNLOADABLE_WEIGHTS = ("imagenet", "kinetics400")
+
+
+def encoder_weights(requested, model_name, notes, input_shape=None):
+    """(weights argument, note) for a run's encoder. When downloadable weights ("imagenet",
+    "kinetics400") cannot be had (no network and no cached file), weights is None and the note starts
+    with "unavailable": the run must be skipped, never trained from random weights in their place.
+    `notes` caches the answer per (weights, model) so the download is tried once."""
+    info = tlunet.get_model_info(model_name)
+    if not info.pretrained_encoder:
+        return None, "random init (no pretrained encoder)"
+    if requested is None:
+        return None, "random init"
+    if requested not in DOWNLOADABLE_WEIGHTS:
+        return requested, f"encoder file {os.path.basename(str(requested))}"
+    key = f"{requested}:{model_name}"
+    if key not in notes:
+        try:
+            tlunet.build_model(model_name, input_shape=input_shape or info.reference_shape, encoder_weights=requested)
+            notes[key] = (requested, {"imagenet": "ImageNet (keras.applications)",
+                                      "kinetics400": "Kinetics-400 (torchvision r3d_18)"}[requested])
+        except (RuntimeError, ImportError, OSError) as e:
+            notes[key] = (None, f"unavailable: {requested} weights could not be downloaded (no network?) and are "
+                                f"not cached ({type(e).__name__})")
+    return notes[key]
+
+
+def plan_runs(cfg, notes, input_shape=None):
+    """([(run, weights, note)] that can start, [(run name, reason)] skipped for want of weights)."""
+    ready, skipped = [], []
+    for run in cfg["runs"]:
+        if run.get("transfer") not in (None, "scratch") or run.get("init") == "pretrain":
+            ready.append((run, None, None))  # starts from the experiment's own source model
+            continue
+        mcfg = merge(cfg["model"], run.get("model"))
+        weights, note = encoder_weights(mcfg.get("encoder_weights"), mcfg["name"], notes, input_shape)
+        (skipped.append((run["name"], note)) if note.startswith("unavailable") else ready.append((run, weights, note)))
+    return ready, skipped
+
+
+def skip_message(cfg, skipped):
+    """One paragraph: which runs were skipped for want of pretrained weights, and how to supply them."""
+    names = ", ".join(name for name, _ in skipped)
+    return (f"{len(skipped)} of {len(cfg['runs'])} runs fine-tune a pretrained encoder whose weights cannot be "
+            f"had here, and are skipped rather than run from random weights: {names}. "
+            f"{skipped[0][1][len('unavailable: '):]}. To run them, give the weights file: "
+            f"--encoder-weights FILE (2D: the keras.applications `..._no_top.h5`, or a `.weights.h5` saved from "
+            f"keras.applications with include_top=False; 3D: torchvision's r3d_18 `.pth` or its `.npz`).")

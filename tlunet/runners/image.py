@@ -1,0 +1,284 @@
+"""The 2D segmentation runner (`task: image`, the default): Wang 2023 and Cheng & Lam 2021.
+
+For every run × training fraction × fold: build the model from the zoo (from the weights it names,
+or from the experiment's pre-trained source), train through its stages, evaluate on the test
+cases, and write the run folder (`tlunet.runners.results`); then one table with the paper's
+numbers beside ours.
+"""
+
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+import tlunet
+from tlunet import evaluation as ev
+from tlunet.biometry import head_circumference
+from tlunet.data import (SegmentationSet, experiment_splits, find_pairs, fraction_indices, hc18_set, load_arrays,
+                         make_dataset, resize_pair, split_indices)
+from tlunet.data.download import download_hc18
+from tlunet.data.phantoms import lung_ultrasound
+from tlunet.plots import dice_vs_params, learning_curves, overlays
+from tlunet.progress import EpochProgress
+from tlunet.resources import SAMPLE_PREFIX, ConfigError
+from tlunet.runners.config import (apply_profile, check_keys, check_runs, check_sources, merge, plan_runs,
+                                   resolve_path, skip_message, stages)
+from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
+                                    read_done, start_run, write_config, write_csv, write_tables)
+from tlunet.train import compile_model, configure, fit, run_stages
+from tlunet.transfer import transfer_weights
+
+DEFAULTS = {
+    "seed": 0,
+    "deterministic": False,
+    "data": {"kind": "hc18", "image_size": [256, 256], "channels": 1, "split": [0.7, 0.15, 0.15],
+             "augment": None, "limit": None},
+    "model": {"name": "mobilenetv2_unet", "classes": 1},
+    "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
+                 "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
+                 "optimizer": "adam"},
+    "sweep": {"fractions": [1.0], "folds": None},
+    "runs": [],
+}
+TOP_KEYS = {"data", "model", "training", "sweep", "pretrain"}
+DATA_KEYS = set(DEFAULTS["data"]) | {"root", "layout", "n", "phantom_size", "get"}
+MEASURES = ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm")
+
+
+def config_from_dict(raw, path, profile=None, overrides=None):
+    """DEFAULTS, the config, its profile and overrides, checked."""
+    cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
+    check_keys(cfg, path, TOP_KEYS, {"data": (cfg["data"], DATA_KEYS),
+                                     "training": (cfg["training"], DEFAULTS["training"]),
+                                     "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
+    check_runs(cfg, path)
+    for block, d in [("data", cfg["data"])] + ([("pretrain.data", cfg["pretrain"].get("data", {}))]
+                                               if "pretrain" in cfg else []):
+        if "kind" in d and d["kind"] not in DATA_KINDS:
+            raise ConfigError(f"{path}: {block}.kind {d['kind']!r} is not one of {sorted(DATA_KINDS)}")
+    if len(cfg["data"]["image_size"]) != 2:
+        raise ConfigError(f"{path}: data.image_size must be [H, W]")
+    for run in cfg["runs"]:
+        if run.get("init") == "pretrain" and "pretrain" not in cfg:
+            raise ConfigError(f"{path}: run {run.get('name')!r} has init: pretrain but no `pretrain` block")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------- data
+def _data_hc18(cfg, d):
+    root = resolve_path(cfg, d["root"])
+    if root == "download":  # the official files from Zenodo, once, MD5-checked
+        root = download_hc18()
+    data = hc18_set(root)
+    source = f"HC18 bundled sample `{d['root'][len(SAMPLE_PREFIX):]}`" if str(d["root"]).startswith(SAMPLE_PREFIX) \
+        else f"HC18 ({root})"
+    return data, [m["subject"] for m in data.meta], source
+
+
+def _data_pairs(cfg, d):
+    root = resolve_path(cfg, d["root"])
+    data = find_pairs(root, d.get("layout", "generic"))
+    return data, [m["stem"] for m in data.meta], root
+
+
+def _data_lung_us_phantom(cfg, d):
+    """SYNTHETIC lung-ultrasound frames with rib masks, generated in memory."""
+    frames = [lung_ultrasound(tuple(d.get("phantom_size", [256, 256])), n_b_lines=i % 4,
+                              pleural_irregularity=(i % 3) / 2, seed=cfg["seed"] * 1000 + i)
+              for i in range(d.get("n", 60))]
+    names = [f"phantom_{i:03d}" for i in range(len(frames))]
+    data = SegmentationSet(names, names, [{"name": n} for n in names],
+                           arrays=(np.stack([f["image"][..., None] for f in frames]),
+                                   np.stack([f["rib_mask"] for f in frames])))
+    return data, names, "synthetic lung-ultrasound phantom"
+
+
+DATA_KINDS = {"hc18": _data_hc18, "pairs": _data_pairs, "lung_us_phantom": _data_lung_us_phantom}
+
+
+def load_data(cfg, d):
+    """(images uint8 (N, H, W, C), masks uint8 (N, H, W), meta, groups, source description) of a
+    data block, resized to `d["image_size"]` and cut to the first `d["limit"]` cases if set."""
+    data, groups, source = DATA_KINDS[d["kind"]](cfg, d)
+    if d.get("limit"):
+        keep = list(range(min(d["limit"], len(data))))
+        data, groups = data.subset(keep), [groups[i] for i in keep]
+    size = tuple(d["image_size"])
+    if data.arrays is not None:
+        pairs = [resize_pair(i, m, size) for i, m in zip(*data.arrays)]
+        images, masks = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        for meta, image in zip(data.meta, data.arrays[0]):
+            meta["original_size"] = image.shape[:2]
+    else:
+        images, masks = load_arrays(data, size, channels=d["channels"])
+    return images, masks, data.meta, groups, source
+
+
+# --------------------------------------------------------------------------------- evaluation
+def predict_labels(model, images, threshold=0.5, batch_size=8):
+    """(probabilities, label maps): thresholded foreground for one output channel, argmax for several."""
+    probs = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
+    labels = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else np.argmax(probs, -1)
+    return probs, labels
+
+
+def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8):
+    """Per-case Dice and IoU of the foreground (mean over foreground classes for multi-class models;
+    mIoU also averages the background), pixel accuracy, and HC error in mm where the case has a
+    pixel size and a reference HC (HC18). Returns (rows, label maps)."""
+    probs, labels = predict_labels(model, images, threshold, batch_size)
+    classes = max(2, probs.shape[-1])
+    rows = []
+    for prob, pred, true, m in zip(probs, labels, masks, meta):
+        present = [c for c in range(1, classes) if (true == c).any() or (pred == c).any()] or [1]
+        row = {"case": m.get("name", m.get("stem", "")),
+               "dice": float(np.mean([ev.dice(pred == c, true == c) for c in present])),
+               "miou": float(np.mean([ev.iou(pred == c, true == c) for c in [0, *present]])),
+               "pixel_accuracy": ev.pixel_accuracy(pred, true)}
+        if "pixel_size" in m and "hc_mm" in m and classes == 2:
+            h, w = m["original_size"]
+            full = np.asarray(Image.fromarray(prob[..., 0].astype(np.float32)).resize((w, h), Image.BILINEAR))
+            hc = head_circumference(full >= threshold, m["pixel_size"])
+            row.update(hc_pred_mm=hc, hc_true_mm=m["hc_mm"], hc_abs_error_mm=abs(hc - m["hc_mm"]))
+        rows.append(row)
+    return rows, labels
+
+
+# ------------------------------------------------------------------------------------- runner
+def _build(cfg, mcfg, weights):
+    shape = (*cfg["data"]["image_size"], cfg["data"]["channels"])
+    kwargs = {k: v for k, v in mcfg.items() if k not in ("name", "encoder_weights")}
+    return tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs)
+
+
+def _pretrain(cfg, exp_dir, verbose, log):
+    """The source model of `init: pretrain` runs (e.g. X-Unet on grey salient-object images), trained once."""
+    p = merge({"data": cfg["data"], "model": cfg["model"], "training": cfg["training"]}, cfg["pretrain"])
+
+    def train():
+        images, masks, _, groups, source = load_data(cfg, p["data"])
+        train_idx, val_idx = split_indices(len(images), (0.9, 0.1), seed=cfg["seed"], groups=groups)
+        t = p["training"]
+        model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["image_size"], p["data"]["channels"]),
+                                   **{k: v for k, v in p["model"].items() if k != "name"})
+        compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
+        history = fit(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], p["data"].get("augment"),
+                                          seed=cfg["seed"]),
+                      make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
+                      run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
+                      callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
+        return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
+                       "val_dice": history.get("val_dice", [float("nan")])[-1],
+                       "name": p["data"].get("layout") or p["data"]["kind"]}
+
+    model, info = cached_source(os.path.join(exp_dir, "pretrain"), train)
+    log(f"[{cfg['name']}] source model: {p['model']['name']} pre-trained on {info['source']} ({info['images']} images, "
+        f"{info['epochs']} epochs, final val Dice {info['val_dice']:.3f})")
+    return model, info
+
+
+def run(cfg, out_dir="results", verbose=0, log=print):
+    """Runs every (run, training fraction, fold) of an image config; returns the summary rows."""
+    check_sources(cfg, {"data": cfg["data"], **({"pretrain.data": cfg["pretrain"]["data"]} if "pretrain" in cfg else {})})
+    ready, skipped = plan_runs(cfg, {})
+    if skipped:
+        log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
+    if not ready:
+        raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
+    exp_dir = os.path.join(out_dir, cfg["name"])
+    os.makedirs(exp_dir, exist_ok=True)
+    configure(cfg["seed"], cfg["deterministic"], cfg["training"]["mixed_precision"])
+    start = time.time()
+    images, masks, meta, groups, source = load_data(cfg, cfg["data"])
+    splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])
+    total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits)
+    log(f"[{cfg['name']}] profile {cfg['profile']}: {source}, {len(images)} images of {len(set(groups))} subjects at "
+        f"{'x'.join(map(str, cfg['data']['image_size']))}; split by subject: {len(splits[0][0])} train / "
+        f"{len(splits[0][1])} validation / {len(splits[0][2])} test{' (fold 0)' if len(splits) > 1 else ''}; "
+        f"{total} training run{'s' * (total > 1)}")
+    source_model = _pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
+    summary, count = [], 0
+    for spec, weights, weights_note in ready:
+        for fraction in cfg["sweep"]["fractions"]:
+            fold_rows = []
+            for k, (train, val, test) in enumerate(splits):
+                count += 1
+                name = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
+                    (f"-fold{k}" if len(splits) > 1 else "")
+                row = read_done(os.path.join(exp_dir, name))
+                if row is not None:
+                    log(f"[{cfg['name']}] {name}: done earlier, skipped")
+                else:
+                    row = _train_and_evaluate(
+                        cfg, spec, name, os.path.join(exp_dir, name), f"[{count}/{total}] {name}", weights, weights_note,
+                        source_model, fraction_indices(train, fraction, seed=cfg["seed"], groups=groups), val, test,
+                        (images, masks, meta), seed=cfg["seed"] + k, fold=k, fraction=fraction, verbose=verbose)
+                    log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
+                        f"{time.time() - start:.0f}s")
+                fold_rows.append(row)
+            summary.append(aggregate_folds(fold_rows, MEASURES))
+    _write_summary(cfg, exp_dir, summary, source, log, skipped)
+    log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
+    return summary
+
+
+def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, source_model, train, val, test,
+                        arrays, seed, fold, fraction, verbose):
+    """One run: build, train through its stages, evaluate on `test`, write the run folder; its row."""
+    images, masks, meta = arrays
+    t = cfg["training"]
+    start_run(run_dir, seed)
+    model = _build(cfg, merge(cfg["model"], spec.get("model")), weights)
+    if spec.get("init") == "pretrain":
+        report = transfer_weights(source_model, model)
+        weights_note = f"pre-trained on {cfg['pretrain']['data'].get('layout', 'the source')} ({len(report.copied)} layers copied)"
+    write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_train=len(train), n_val=len(val),
+                 n_test=len(test), weights_used=weights_note)
+    bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
+    done = run_stages(model, stages(cfg, spec), make_dataset(images[train], masks[train], t["batch_size"],
+                                                             cfg["data"]["augment"], seed=seed),
+                      make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
+                      run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
+                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar])
+    bar.close()
+    history = merged_history(done)
+    write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
+    model.save(os.path.join(run_dir, "model.keras"))
+    cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test])
+    write_csv(os.path.join(run_dir, "metrics.csv"), cases)
+    learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
+    overlays(images[test][:8], masks[test][:8], labels[:8], os.path.join(run_dir, "figures", "overlays.png"),
+             [c["case"] for c in cases[:8]])
+    row = {"run": spec["name"], "fraction": fraction, "fold": fold, "stages": "+".join(s["name"] for s in done),
+           "trainable_params": done[-1]["trainable_params"], "weights": weights_note,
+           "epochs": sum(s["epochs_run"] for s in done), "n_test": len(test)}
+    for key in MEASURES:
+        row[key], row[key + "_sd"] = mean_sd(cases, key)
+    finish_run(run_dir, row, name)
+    return row
+
+
+def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
+    paper = cfg.get("paper") or {}
+    paper_dice = paper.get("dice", {})
+    scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
+    unit = "%" if scale > 1 else "fraction"
+    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. Dice, mIoU and pixel accuracy "
+             f"as a {unit}; HC MAE in mm.", "",
+             "| run | fraction | trainable params | Dice (ours) | Dice (paper) | mIoU | pixel acc. | HC MAE (mm) | epochs | test cases | initial weights |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    digits = 2 if scale > 1 else 3
+    for r in rows:
+        sd = f" ± {fmt(r['dice_sd'], scale, digits)}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
+        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'], scale, digits)}{sd} | "
+                     f"{paper_dice.get(r['run'], '—')} | {fmt(r['miou'], scale, digits)} | "
+                     f"{fmt(r['pixel_accuracy'], scale, digits)} | {fmt(r['hc_abs_error_mm'], 1, 2)} | "
+                     f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
+    if skipped:
+        lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
+    if paper.get("note"):
+        lines += ["", paper["note"]]
+    write_tables(exp_dir, lines, rows, log)
+    dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), paper=paper.get("dice"),
+                   title=f"{cfg['name']} ({cfg['profile']})", scale=scale)

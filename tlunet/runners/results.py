@@ -1,0 +1,133 @@
+"""The run directory and the tables, shared by every runner.
+
+results/<experiment>/<run>/ holds `config.yaml` (the effective config and what the run started
+from), `history.csv` (every stage's epochs, merged), per-case metrics, `summary.md`, `model.keras`,
+`figures/` and, last, `done.json` (the run's summary row: a run with it is finished and skipped
+when the experiment is started again). results/<experiment>/summary.{md,csv} gather the rows.
+"""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import yaml
+
+
+def read_done(run_dir):
+    """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished."""
+    done = os.path.join(run_dir, "done.json")
+    if not os.path.isfile(done):
+        return None
+    with open(done) as f:
+        return json.load(f)
+
+
+def start_run(run_dir, seed):
+    """Prepares a run: a fresh Keras session seeded with `seed`, and `run_dir/figures/`."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
+
+
+def write_config(run_dir, cfg, **record):
+    """`config.yaml`: the effective config plus `record` (the run, fold, weights used, ...)."""
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | record, f, sort_keys=False)
+
+
+def merged_history(stages):
+    """{metric: values} over the epochs of every stage of a run (`tlunet.train.run_stages` output)."""
+    history = {}
+    for s in stages:
+        for key, values in s["history"].items():
+            history.setdefault(key, []).extend(values)
+    return history
+
+
+def finish_run(run_dir, row, title):
+    """Writes the run's `summary.md` and, last, `done.json` (which marks it finished)."""
+    with open(os.path.join(run_dir, "summary.md"), "w") as f:
+        f.write(f"# {title}\n\n" + "\n".join(f"- {k}: {v}" for k, v in row.items()) + "\n")
+    tmp = os.path.join(run_dir, "done.json.partial")
+    with open(tmp, "w") as f:
+        json.dump(row, f)
+    os.replace(tmp, os.path.join(run_dir, "done.json"))
+
+
+def write_csv(path, rows):
+    """Rows (dicts) as CSV with the union of their keys as header; nothing for no rows."""
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def mean_sd(rows, key):
+    """(mean, sd) of `key` over the rows where it is finite; (nan, nan) if none."""
+    values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+    return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), float("nan"))
+
+
+def aggregate_folds(rows, keys):
+    """One summary row from the rows of a run's folds: the mean of each of `keys` (finite values),
+    with the spread over folds as `key_sd` when there are several; counts of test cases are summed,
+    epochs averaged, and differing initial weights listed."""
+    out = dict(rows[0])
+    for key in keys:
+        mean, sd = mean_sd(rows, key)
+        out[key] = mean
+        if len(rows) > 1:
+            out[key + "_sd"] = sd
+    if len(rows) > 1:
+        for key in [k for k in out if k.startswith("n_test")]:
+            out[key] = int(sum(r[key] for r in rows))
+        if "epochs" in out:
+            out["epochs"] = round(float(np.mean([r["epochs"] for r in rows])), 1)
+        if "weights" in out:
+            out["weights"] = "; ".join(dict.fromkeys(str(r["weights"]) for r in rows))
+    out["folds"] = len(rows)
+    out.pop("fold", None)
+    return out
+
+
+def fmt(value, scale=1.0, digits=3):
+    """A number for a table: scaled, fixed digits, "—" for None or non-finite."""
+    return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value * scale:.{digits}f}"
+
+
+def write_tables(exp_dir, lines, rows, log=print):
+    """Writes an experiment's summary.md (the table `lines`) and summary.csv (`rows`) and logs it."""
+    with open(os.path.join(exp_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    write_csv(os.path.join(exp_dir, "summary.csv"), rows)
+    log("\n".join(lines))
+
+
+def cached_source(run_dir, train):
+    """A source model trained once per experiment folder and reused by every run (X-Unet's saliency
+    pre-training, Wang 2020's lesion source, Gare's line segmentation).
+
+    Args:
+        run_dir: where `source.keras` and `source.json` live.
+        train: () -> (model, info dict); called only when no finished source is there.
+
+    Returns:
+        (model, info).
+    """
+    path, meta = os.path.join(run_dir, "source.keras"), os.path.join(run_dir, "source.json")
+    if os.path.isfile(path) and os.path.isfile(meta):
+        with open(meta) as f:
+            return keras.models.load_model(path), json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    model, info = train()
+    model.save(path + ".partial.keras")
+    os.replace(path + ".partial.keras", path)
+    with open(meta + ".partial", "w") as f:
+        json.dump(info, f)
+    os.replace(meta + ".partial", meta)
+    return model, info
