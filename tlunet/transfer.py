@@ -2,8 +2,10 @@
 
 from dataclasses import dataclass, field
 
+import keras
+
 from tlunet.models.unet import build_hybrid_unet3d, build_unet
-from tlunet.selection import check_selectors, iter_layers, matches
+from tlunet.selection import check_selectors, group_of, iter_layers, matches
 
 MATCH_MODES = ("path", "name")
 
@@ -106,16 +108,25 @@ TRANSFER_METHODS = {
 
 
 def _unet_config(source):
-    """Recovers `build_unet` arguments from a built plain U-Net."""
-    names = {layer.name for layer in source.layers}
-    levels = sorted(int(n[len("encoder_block"):-len("_conv1")]) for n in names
-                    if n.startswith("encoder_block") and n.endswith("_conv1"))
-    if not levels or "bottleneck_conv1" not in names:
-        raise ValueError(f"Transfer methods need a plain U-Net source (unet / unet3d: layers "
-                         f"encoder_block{{i}}_conv1, bottleneck_conv1); model {source.name!r} is not one.")
-    filters = tuple(source.get_layer(f"encoder_block{i}_conv1").filters for i in levels) + \
-        (source.get_layer("bottleneck_conv1").filters,)
-    return {"filters": filters, "batchnorm": "encoder_block1_bn1" in names}
+    """`build_unet` arguments of a built plain U-Net, read from its layers' configs by group: the
+    width of each encoder level and of the bottleneck (the `filters` of the first of their two
+    convolutions, in graph order), and whether the encoder uses BatchNorm."""
+    widths = {"encoder": [], "bottleneck": []}
+    batchnorm = False
+    for path, layer in iter_layers(source):
+        group = group_of(path)
+        if group not in widths or "/" in path:
+            continue  # nested encoders (pretrained backbones) are not plain U-Nets
+        config = layer.get_config()
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv3D)):
+            widths[group].append(config["filters"])
+        batchnorm |= group == "encoder" and isinstance(layer, keras.layers.BatchNormalization)
+    widths = {group: values[::2] for group, values in widths.items()}  # two convolutions per level
+    if not widths["encoder"] or len(widths["bottleneck"]) != 1 or \
+            "head_conv" not in {layer.name for layer in source.layers}:
+        raise ValueError(f"Transfer methods need a plain U-Net source (unet / unet3d: convolutions in the "
+                         f"encoder and bottleneck groups, a head_conv); model {source.name!r} is not one.")
+    return {"filters": tuple(widths["encoder"]) + tuple(widths["bottleneck"]), "batchnorm": batchnorm}
 
 
 def build_transfer_model(method, source, *, classes=None, input_shape=None, activation="auto"):
