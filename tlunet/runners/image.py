@@ -22,11 +22,11 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_runs, check_sources, merge, plan_runs,
+from tlunet.runners.config import (apply_profile, check_keys, check_runs, check_sources, merge,
                                    resolve_path, skip_message, stages)
-from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
-                                    read_done, start_run, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, configure, fit, run_stages
+from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+                                    read_done, start_run, summary_row, write_config, write_csv, write_tables)
+from tlunet.train import compile_model, fit, run_stages
 from tlunet.transfer import transfer_weights
 
 DEFAULTS = {
@@ -181,14 +181,7 @@ def _pretrain(cfg, exp_dir, verbose, log):
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, training fraction, fold) of an image config; returns the summary rows."""
     check_sources(cfg, {"data": cfg["data"], **({"pretrain.data": cfg["pretrain"]["data"]} if "pretrain" in cfg else {})})
-    ready, skipped = plan_runs(cfg, {})
-    if skipped:
-        log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
-    if not ready:
-        raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
-    exp_dir = os.path.join(out_dir, cfg["name"])
-    os.makedirs(exp_dir, exist_ok=True)
-    configure(cfg["seed"], cfg["deterministic"], cfg["training"]["mixed_precision"])
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log)
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])
@@ -250,11 +243,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
     overlays(images[test][:8], masks[test][:8], labels[:8], os.path.join(run_dir, "figures", "overlays.png"),
              [c["case"] for c in cases[:8]])
-    row = {"run": spec["name"], "fraction": fraction, "fold": fold, "stages": "+".join(s["name"] for s in done),
-           "trainable_params": done[-1]["trainable_params"], "weights": weights_note,
-           "epochs": sum(s["epochs_run"] for s in done), "n_test": len(test)}
-    for key in MEASURES:
-        row[key], row[key + "_sd"] = mean_sd(cases, key)
+    row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test))
     finish_run(run_dir, row, name)
     return row
 

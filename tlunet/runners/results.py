@@ -14,6 +14,28 @@ import keras
 import numpy as np
 import yaml
 
+from tlunet.resources import ConfigError
+from tlunet.runners.config import plan_runs, skip_message
+from tlunet.train import configure
+
+
+def open_experiment(cfg, out_dir, log, input_shape=None):
+    """What every runner does first: decide which runs can start from the weights they name (saying
+    up front which are skipped, and stopping if none can), make `out_dir/<name>/`, and seed.
+
+    Returns:
+        (ready [(run, weights, note)], skipped [(name, reason)], experiment folder).
+    """
+    ready, skipped = plan_runs(cfg, {}, input_shape=input_shape)
+    if skipped:
+        log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
+    if not ready:
+        raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
+    exp_dir = os.path.join(out_dir, cfg["name"])
+    os.makedirs(exp_dir, exist_ok=True)
+    configure(cfg["seed"], cfg.get("deterministic", False), cfg.get("training", {}).get("mixed_precision"))
+    return ready, skipped, exp_dir
+
 
 def read_done(run_dir):
     """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished."""
@@ -44,6 +66,17 @@ def merged_history(stages):
         for key, values in s["history"].items():
             history.setdefault(key, []).extend(values)
     return history
+
+
+def summary_row(spec, stages_done, weights_note, cases, measures, **extra):
+    """A run's summary row: its name, `extra` (fold, fraction, counts...), stages, trainable
+    parameters, initial weights, epochs, and mean and sd over `cases` of each of `measures`."""
+    row = {"run": spec["name"], **extra, "stages": "+".join(s["name"] for s in stages_done),
+           "trainable_params": stages_done[-1]["trainable_params"], "weights": weights_note,
+           "epochs": sum(s["epochs_run"] for s in stages_done)}
+    for key in measures:
+        row[key], row[key + "_sd"] = mean_sd(cases, key)
+    return row
 
 
 def finish_run(run_dir, row, title):

@@ -18,11 +18,11 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_runs, merge, plan_runs, resolve_path, skip_message,
+from tlunet.runners.config import (apply_profile, check_keys, check_runs, merge, resolve_path, skip_message,
                                    stages)
-from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
-                                    read_done, start_run, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, configure, fit, run_stages
+from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+                                    read_done, start_run, summary_row, write_config, write_csv, write_tables)
+from tlunet.train import compile_model, fit, run_stages
 from tlunet.transfer import TRANSFER_METHODS
 
 DEFAULTS = {
@@ -175,14 +175,7 @@ def _pretrain(cfg, exp_dir, verbose, log):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, fold) of a `task: volume` config; returns the summary rows."""
-    ready, skipped = plan_runs(cfg, {}, input_shape=(*cfg["data"]["patch_size"], 1))
-    if skipped:
-        log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
-    if not ready:
-        raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
-    exp_dir = os.path.join(out_dir, cfg["name"])
-    os.makedirs(exp_dir, exist_ok=True)
-    configure(cfg["seed"], cfg["deterministic"], cfg["training"]["mixed_precision"])
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, input_shape=(*cfg["data"]["patch_size"], 1))
     start = time.time()
     cases, source = load_volumes(cfg, cfg["data"])
     splits = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], folds=cfg["sweep"]["folds"],
@@ -239,11 +232,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
     write_csv(os.path.join(run_dir, "metrics.csv"), rows)
     slice_overlays(test_cases, preds, os.path.join(run_dir, "figures", "overlays.png"))
     model.save(os.path.join(run_dir, "model.keras"))
-    row = {"run": spec["name"], "fold": fold, "transfer": method or "—", "stages": "+".join(s["name"] for s in done),
-           "trainable_params": done[-1]["trainable_params"], "weights": weights_note,
-           "epochs": sum(s["epochs_run"] for s in done), "n_train": len(train), "n_test": len(test)}
-    for key in MEASURES:
-        row[key], row[key + "_sd"] = mean_sd(rows, key)
+    row = summary_row(spec, done, weights_note, rows, MEASURES, fold=fold, transfer=method or "—",
+                      n_train=len(train), n_test=len(test))
     finish_run(run_dir, row, name)
     return row
 
