@@ -22,6 +22,7 @@ def quiet_tensorflow():
     """Imports TensorFlow with its C++ start-up lines silenced (no-op if it is already imported)."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # errors-only for TensorFlow's C++ logging from here on
     if "tensorflow" in sys.modules:
+        _python_logs_errors_only()
         return
     try:
         sys.stderr.flush()
@@ -36,8 +37,13 @@ def quiet_tensorflow():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    _python_logs_errors_only()
+
+
+def _python_logs_errors_only():
     import absl.logging
-    tf.get_logger().setLevel("ERROR")
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")  # retracing warnings and the like
     absl.logging.set_verbosity(absl.logging.ERROR)
 
 

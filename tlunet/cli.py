@@ -14,7 +14,7 @@ from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
 from tlunet.predict import predict_folder, read_pixel_sizes
 from tlunet.resources import list_experiments
 from tlunet.runners import config_from_dict, load_config, parse_overrides, run_experiment
-from tlunet.runners.config import merge
+from tlunet.runners.config import merge, with_weights_file
 from tlunet.runners.image import evaluate_cases, load_data
 from tlunet.runners.results import write_csv
 from tlunet.train import get_distribution_strategy
@@ -75,13 +75,13 @@ def _cmd_experiment(args):
         overrides["data"] = {"root": args.data if args.data == "download" else os.path.abspath(args.data)}
     if args.epochs:
         overrides["training"] = {"epochs": args.epochs}
+    overrides = merge(overrides, parse_overrides(args.set))
+    cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
     if args.encoder_weights:
         path = os.path.abspath(args.encoder_weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--encoder-weights {args.encoder_weights}: file not found")
-        overrides["model"] = {"encoder_weights": path}
-    overrides = merge(overrides, parse_overrides(args.set))
-    cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
+        cfg = with_weights_file(cfg, path)
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     return 0
 

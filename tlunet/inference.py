@@ -103,7 +103,6 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
     bar = _progress(total=len(starts), desc=progress if isinstance(progress, str) else "windows",
                     disable=not progress, unit="window")
     for i in range(0, len(starts), batch_size):
-        bar.update(len(starts[i:i + batch_size]))
         chunk = starts[i:i + batch_size]
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch_size)) for start in chunk]
         batch = np.stack([volume[sl] for sl in slices])
@@ -118,6 +117,7 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
         for sl, p in zip(slices, pred):
             acc[sl] += p * weight[..., None]
             norm[sl] += weight
+        bar.update(len(chunk))
     bar.close()
     out = acc / norm[..., None]
     return out[tuple(slice(0, s) for s in original)]

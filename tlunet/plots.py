@@ -72,7 +72,7 @@ def overlays(images, truths, preds, path, titles=None, max_rows=8, columns=4):
         ax = axes.flat[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
         truth, pred = np.asarray(truths[i]).squeeze(), np.asarray(preds[i]).squeeze()
-        for label in sorted(set(np.unique(truth)) | set(np.unique(pred)) - {0}):
+        for label in sorted((set(np.unique(truth)) | set(np.unique(pred))) - {0}):
             for mask, color, style in ((truth, "#2ca02c", "solid"), (pred, "#ff7f0e", "dashed")):
                 if (mask == label).any():
                     ax.contour(mask == label, levels=[0.5], colors=color, linewidths=1.4, linestyles=style)

@@ -2,6 +2,7 @@
 bars for long loops such as sliding-window inference. Bars go to stderr, so tables on stdout stay clean."""
 
 import sys
+import time
 
 import keras
 from tqdm.auto import tqdm
@@ -25,11 +26,15 @@ class EpochProgress(keras.callbacks.Callback):
         super().__init__()
         self.desc, self.epochs, self.disable = desc, epochs, disable
         self.bar = None
+        self.lines = False
 
     def on_train_begin(self, logs=None):
         if self.bar is None:
+            # a terminal gets a live bar; a log file (CI, nohup) gets one plain line per epoch
+            self.lines = not self.disable and not sys.stderr.isatty()
+            self.started, self.done = time.time(), 0
             self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", file=sys.stderr,
-                            disable=self.disable, dynamic_ncols=True, leave=True)
+                            disable=self.disable or self.lines, dynamic_ncols=True, leave=True)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is None:
@@ -37,6 +42,12 @@ class EpochProgress(keras.callbacks.Callback):
         shown = {k: f"{float(v):.3f}" for k, v in (logs or {}).items() if k in _SHOWN}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(1)
+        if self.lines:
+            self.done += 1
+            rate = (time.time() - self.started) / self.done
+            eta = tqdm.format_interval(rate * max(self.epochs - self.done, 0))
+            print(f"{self.desc}: epoch {self.done}/{self.epochs}, {rate:.1f} s/epoch, ETA {eta}, "
+                  + ", ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr, flush=True)
 
     def close(self):
         if self.bar is not None:

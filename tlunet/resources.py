@@ -7,6 +7,7 @@ as the packages `tlunet.experiments` and `tlunet.sample_data`, so they are found
 
 import importlib.resources
 import os
+import re
 
 import yaml
 
@@ -27,9 +28,15 @@ def list_experiments():
     for entry in sorted(_folder("tlunet.experiments").iterdir(), key=lambda p: p.name):
         config = entry / "config.yaml"
         if entry.is_dir() and config.is_file():
+            header = []  # the opening comment, up to its first full stop
             with config.open() as f:
-                first = f.readline().lstrip("# ").strip()
-            out[entry.name] = first
+                for line in f:
+                    if not line.startswith("#"):
+                        break
+                    header.append(line.lstrip("# ").strip())
+            text = " ".join(header)
+            end = re.search(r"(?<! al)\.(\s|$)", text)  # not the "." of "et al."
+            out[entry.name] = text[:end.start() + 1] if end else text
     return out
 
 

@@ -25,6 +25,8 @@ KEEP = ("044_HC", "082_HC", "082_2HC", "106_HC")
 def _files(corrupt=False):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("__MACOSX/training_set/._044_HC.png", b"resource fork")  # as zips made on a Mac carry
+        z.writestr("__MACOSX/training_set/._082_HC.png", b"resource fork")
         for stem in KEEP:
             for suffix in (".png", "_Annotation.png"):
                 z.write(SAMPLE / "training_set" / f"{stem}{suffix}", f"training_set/{stem}{suffix}")

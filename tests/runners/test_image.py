@@ -202,3 +202,40 @@ def test_a_top_level_list_is_refused_naming_the_file(tmp_path):
     path.write_text("- name: x\n")
     with pytest.raises(ConfigError, match="list.yaml: an experiment config is a mapping"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("override,error", [
+    ({"training": {"epochs": "abc"}}, r"training.epochs must be a whole number >= 1. Received: epochs='abc'"),
+    ({"training": {"epochs": 0}}, "training.epochs must be a whole number"),
+    ({"training": {"batch_size": -2}}, "training.batch_size must be"),
+    ({"data": {"image_size": 5}}, "data.image_size must be a list of 2 whole numbers"),
+    ({"data": {"split": [0.5, 0.5, 0.5]}}, "data.split must be 3 fractions"),
+    ({"model": {"encoder_weigths": "imagenet"}}, r"unknown model keys \['encoder_weigths'\]"),
+    ({"sweep": {"fractions": [0]}}, "sweep.fractions"),
+    ({"pretrain": {"data": {"rot": "x"}}}, r"unknown pretrain.data keys \['rot'\]"),
+])
+def test_overrides_are_checked_like_the_file(tmp_path, override, error):
+    with pytest.raises(ConfigError, match=error):
+        config_from_dict(TINY, str(tmp_path / "t.yaml"), overrides=override)
+
+
+def test_download_is_only_for_hc18(tmp_path):
+    cfg = config_from_dict({**TINY, "data": {**TINY["data"], "kind": "pairs", "root": "download"}}, str(tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match="`download` fetches HC18 only"):
+        run_experiment(cfg, out_dir=str(tmp_path), log=lambda *a: None)
+
+
+def test_a_weights_file_that_does_not_fit_is_refused_before_any_training(tmp_path):
+    from tlunet.runners.config import plan_runs, with_weights_file
+    bad = tmp_path / "not_mobilenet.weights.h5"
+    bad.write_bytes(b"not an h5 file")
+    raw = {"name": "w", "data": {"kind": "hc18", "root": "sample:hc18_small", "image_size": [32, 64]},
+           "model": {"name": "mobilenetv2_unet", "encoder_weights": "imagenet"},
+           "runs": [{"name": "scratch", "strategy": "scratch", "model": {"encoder_weights": None}},
+                    {"name": "decoder", "strategy": "decoder"},
+                    {"name": "own", "strategy": "decoder", "model": {"encoder_weights": "imagenet"}}]}
+    cfg = with_weights_file(config_from_dict(raw, str(tmp_path / "w.yaml")), str(bad))
+    assert cfg["model"]["encoder_weights"] == str(bad) and cfg["runs"][2]["model"]["encoder_weights"] == str(bad)
+    assert cfg["runs"][0]["model"]["encoder_weights"] is None  # scratch stays scratch
+    with pytest.raises(ConfigError, match="not_mobilenet.weights.h5"):
+        plan_runs(cfg, {})

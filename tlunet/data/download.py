@@ -106,7 +106,7 @@ def download_hc18(dest=None, record_url=None, timeout=60, log=print):
         try:
             for name in HC18_FILES:
                 url, size, md5 = files[name]
-                log(f"downloading {name} ({size / 1e6:.0f} MB) from {url}")
+                log(f"downloading {name}{f' ({size / 1e6:.1f} MB)' if size >= 0 else ''} from {url}")
                 _download(url, size, md5, os.path.join(work, name), timeout)
             with zipfile.ZipFile(os.path.join(work, "training_set.zip")) as archive:
                 for member in archive.namelist():
@@ -129,7 +129,12 @@ def download_hc18(dest=None, record_url=None, timeout=60, log=print):
 
 
 def _images_folder(root):
-    for folder, _, names in os.walk(root):
-        if any(n.endswith("_HC.png") for n in names):
-            return folder
-    raise DataError("training_set.zip holds no NNN_HC.png images")
+    """The unpacked folder holding the most NNN_HC.png images (macOS `__MACOSX/._*` copies ignored)."""
+    counts = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__MACOSX"]
+        counts[folder] = sum(n.endswith("_HC.png") and not n.startswith("._") for n in names)
+    best = max(counts, key=counts.get, default=None)
+    if not best or not counts[best]:
+        raise DataError("training_set.zip holds no NNN_HC.png images")
+    return best

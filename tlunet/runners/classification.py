@@ -31,7 +31,7 @@ from tlunet.models.classifier import FEATURE_INPUTS
 from tlunet.plots import confusion_matrix, learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import apply_profile, check_keys, resolve_path
+from tlunet.runners.config import apply_profile, check_keys, check_numbers, check_size, check_split, resolve_path
 from tlunet.runners.results import cached_source, finish_run, fmt, read_done, start_run, write_config, write_csv, write_tables
 from tlunet.train import compile_model, configure, fit
 
@@ -64,6 +64,11 @@ def config_from_dict(raw, path, profile=None, overrides=None):
         "training": (cfg["training"], DEFAULTS["training"]),
         "segmentation.training": (cfg["segmentation"]["training"], DEFAULTS["segmentation"]["training"]),
         "classifier": (cfg["classifier"], DEFAULTS["classifier"])})
+    for where, t in (("training", cfg["training"]), ("segmentation.training", cfg["segmentation"]["training"])):
+        check_numbers(path, t, where, positive_ints=("epochs", "batch_size"), positive_numbers=("learning_rate",),
+                      optional_ints=("patience",) if "patience" in t else ())
+    check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
+    check_split(path, "data.split", cfg["data"]["split"])
     if cfg["data"]["kind"] not in FRAME_KINDS:
         raise ConfigError(f"{path}: data.kind {cfg['data']['kind']!r} is not one of {sorted(FRAME_KINDS)}")
     if cfg["segmentation"]["data"]["kind"] not in SEG_KINDS:

@@ -1,7 +1,11 @@
 """Experiment configs, shared by every runner: layering (defaults, the file, a profile, overrides),
 key checking, path resolution, the data a run needs, and the weights each run starts from."""
 
+import contextlib
 import copy
+import inspect
+import io
+import numbers
 import os
 
 import yaml
@@ -73,13 +77,89 @@ def stages(cfg, run):
     return [{"strategy": run.get("strategy", "all"), "epochs": t["epochs"], "learning_rate": t["learning_rate"]}]
 
 
+def check_model(mcfg, path, where):
+    """The model block names a registered model and only options its builder takes."""
+    if not isinstance(mcfg, dict) or "name" not in mcfg:
+        raise ConfigError(f"{path}: {where} must be a mapping with a `name`")
+    try:
+        info = tlunet.get_model_info(mcfg["name"])
+    except ValueError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from e
+    allowed = set(inspect.signature(info.builder).parameters) - {"input_shape"}
+    if not info.pretrained_encoder and mcfg.get("encoder_weights") is not None:
+        raise ConfigError(f"{path}: {where}: {mcfg['name']} has no pretrained encoder; "
+                          f"encoder_weights must be null. Received: {mcfg['encoder_weights']!r}")
+    unknown = sorted(set(mcfg) - allowed - {"name", "encoder_weights"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown {where} keys {unknown} for {mcfg['name']}; valid: {sorted(allowed)}")
+
+
+def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), optional_ints=()):
+    """Training settings are numbers of the right kind: epochs and batch sizes whole and positive,
+    learning rates positive, patience a whole number or null."""
+    def bad(key, value, what):
+        raise ConfigError(f"{path}: {where}.{key} must be {what}. Received: {key}={value!r}")
+    for key in positive_ints:
+        value = section.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            bad(key, value, "a whole number >= 1")
+    for key in positive_numbers:
+        value = section.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            bad(key, value, "a number > 0")
+    for key in optional_ints:
+        value = section.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            bad(key, value, "a whole number >= 1, or null")
+
+
+def check_size(path, where, value, dims):
+    """`value` is a list of `dims` positive whole numbers."""
+    if not isinstance(value, (list, tuple)) or len(value) != dims or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise ConfigError(f"{path}: {where} must be a list of {dims} whole numbers > 0. Received: {value!r}")
+
+
+def check_split(path, where, value, parts=3):
+    """`parts` non-negative fractions summing to 1 (train, validation, test)."""
+    if not isinstance(value, (list, tuple)) or len(value) != parts or \
+            not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 for v in value) or \
+            abs(sum(value) - 1) > 1e-6:
+        raise ConfigError(f"{path}: {where} must be {parts} fractions >= 0 summing to 1 (train, validation, "
+                          f"test). Received: {value!r}")
+
+
+def check_pretrain(cfg, path, data_keys, training_keys):
+    """The `pretrain` block (a source task): only data/model/training, each with known keys."""
+    if "pretrain" not in cfg:
+        return
+    p = cfg["pretrain"]
+    if not isinstance(p, dict):
+        raise ConfigError(f"{path}: `pretrain` must be a mapping (data, model, training)")
+    extra = sorted(set(p) - {"data", "model", "training"})
+    if extra:
+        raise ConfigError(f"{path}: unknown pretrain keys {extra}; valid: ['data', 'model', 'training']")
+    for section, allowed in (("data", data_keys), ("training", training_keys)):
+        unknown = sorted(set(p.get(section) or {}) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{path}: unknown pretrain.{section} keys {unknown}; valid: {sorted(allowed)}")
+    if "model" in p:
+        check_model(merge(cfg["model"], p["model"]), path, "pretrain.model")
+    check_numbers(path, merge(cfg["training"], p.get("training")), "pretrain.training",
+                  positive_ints=("epochs", "batch_size"), positive_numbers=("learning_rate",))
+
+
 def check_runs(cfg, path):
-    """Each run's model exists and each of its stages names a known strategy."""
+    """Each run's model exists and takes the options given, and each of its stages names a known
+    strategy with a positive number of epochs."""
+    check_model(cfg["model"], path, "model")
     for run in cfg["runs"]:
+        check_model(merge(cfg["model"], run.get("model")), path, f"run {run['name']!r} model")
         try:
-            tlunet.get_model_info(merge(cfg["model"], run.get("model"))["name"])
             for stage in stages(cfg, run):
                 get_strategy(stage["strategy"])
+                check_numbers(path, stage, f"run {run['name']!r} stage", positive_ints=("epochs",),
+                              positive_numbers=("learning_rate",))
         except (ValueError, KeyError) as e:
             raise ConfigError(f"{path}: run {run.get('name')!r}: {e}") from e
 
@@ -103,6 +183,9 @@ def check_sources(cfg, blocks):
             `get` key, if any, is the how-to in the message.
     """
     for where, d in blocks.items():
+        if d.get("root") == "download" and d.get("kind") != "hc18":
+            raise ConfigError(f"{cfg['name']}: {where}.root `download` fetches HC18 only; {where}.kind is "
+                              f"{d.get('kind')!r}: pass --data FOLDER")
         if "root" not in d or d["root"] == "download":
             continue
         root = resolve_path(cfg, d["root"])
@@ -153,18 +236,45 @@ def encoder_weights(requested, model_name, notes, input_shape=None):
         return None, "random init (no pretrained encoder)"
     if requested is None:
         return None, "random init"
-    if requested not in DOWNLOADABLE_WEIGHTS:
-        return requested, f"encoder file {os.path.basename(str(requested))}"
     key = f"{requested}:{model_name}"
+    if requested not in DOWNLOADABLE_WEIGHTS:
+        if key not in notes:  # a file: it must load into this encoder before any run trains
+            try:
+                tlunet.build_model(model_name, input_shape=input_shape or _small_shape(info), encoder_weights=requested)
+            except (ValueError, OSError) as e:
+                raise ConfigError(f"encoder weights {requested}: {e}") from e
+            notes[key] = (requested, f"encoder file {os.path.basename(str(requested))}")
+        return notes[key]
     if key not in notes:
         try:
-            tlunet.build_model(model_name, input_shape=input_shape or info.reference_shape, encoder_weights=requested)
+            # keras prints "Downloading data from ..." before it fails offline: keep that out
+            with contextlib.redirect_stdout(io.StringIO()):
+                tlunet.build_model(model_name, input_shape=input_shape or info.reference_shape, encoder_weights=requested)
             notes[key] = (requested, {"imagenet": "ImageNet (keras.applications)",
                                       "kinetics400": "Kinetics-400 (torchvision r3d_18)"}[requested])
         except (RuntimeError, ImportError, OSError) as e:
             notes[key] = (None, f"unavailable: {requested} weights could not be downloaded (no network?) and are "
                                 f"not cached ({type(e).__name__})")
     return notes[key]
+
+
+def _small_shape(info):
+    div = info.divisor if isinstance(info.divisor, tuple) else (info.divisor,) * info.spatial_dims
+    channels = info.reference_shape[-1] if info.channels is None or info.reference_shape[-1] in info.channels else 1
+    return (*div, channels)
+
+
+def with_weights_file(cfg, path):
+    """`cfg` with the weights file `path` in place of every downloadable ("imagenet", "kinetics400")
+    encoder_weights it names, at the top and in each run (`--encoder-weights FILE`); runs that start
+    from random weights (null) or the experiment's own source are left alone."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.get("model", {}).get("encoder_weights") in DOWNLOADABLE_WEIGHTS:
+        cfg["model"]["encoder_weights"] = path
+    for run in cfg["runs"]:
+        if (run.get("model") or {}).get("encoder_weights") in DOWNLOADABLE_WEIGHTS:
+            run["model"]["encoder_weights"] = path
+    return cfg
 
 
 def plan_runs(cfg, notes, input_shape=None):

@@ -6,6 +6,7 @@ cases, and write the run folder (`tlunet.runners.results`); then one table with 
 numbers beside ours.
 """
 
+import numbers
 import os
 import time
 
@@ -22,7 +23,8 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_runs, check_sources, merge,
+from tlunet.runners.config import (apply_profile, check_keys, check_numbers, check_pretrain, check_runs, check_size,
+                                   check_sources, check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
@@ -52,13 +54,22 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     check_keys(cfg, path, TOP_KEYS, {"data": (cfg["data"], DATA_KEYS),
                                      "training": (cfg["training"], DEFAULTS["training"]),
                                      "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
+    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size"),
+                  positive_numbers=("learning_rate",), optional_ints=("patience",))
+    check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
+    check_split(path, "data.split", cfg["data"]["split"])
+    check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
+    folds, fractions = cfg["sweep"]["folds"], cfg["sweep"]["fractions"]
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ConfigError(f"{path}: sweep.folds must be a whole number >= 2, or null. Received: {folds!r}")
+    if not isinstance(fractions, list) or not fractions or \
+            not all(isinstance(f, numbers.Real) and 0 < f <= 1 for f in fractions):
+        raise ConfigError(f"{path}: sweep.fractions must be a list of fractions in (0, 1]. Received: {fractions!r}")
     check_runs(cfg, path)
     for block, d in [("data", cfg["data"])] + ([("pretrain.data", cfg["pretrain"].get("data", {}))]
                                                if "pretrain" in cfg else []):
         if "kind" in d and d["kind"] not in DATA_KINDS:
             raise ConfigError(f"{path}: {block}.kind {d['kind']!r} is not one of {sorted(DATA_KINDS)}")
-    if len(cfg["data"]["image_size"]) != 2:
-        raise ConfigError(f"{path}: data.image_size must be [H, W]")
     for run in cfg["runs"]:
         if run.get("init") == "pretrain" and "pretrain" not in cfg:
             raise ConfigError(f"{path}: run {run.get('name')!r} has init: pretrain but no `pretrain` block")

@@ -18,7 +18,8 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_runs, merge, resolve_path, skip_message,
+from tlunet.runners.config import (apply_profile, check_keys, check_numbers, check_pretrain, check_runs, check_size,
+                                   check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
@@ -51,6 +52,10 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                                      "training": (cfg["training"], DEFAULTS["training"]),
                                      "inference": (cfg["inference"], DEFAULTS["inference"]),
                                      "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
+    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "patches_per_volume"),
+                  positive_numbers=("learning_rate",), optional_ints=("patience",))
+    check_split(path, "data.split", cfg["data"]["split"])
+    check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
     check_runs(cfg, path)
     for where, d in [("data", cfg["data"])] + ([("pretrain.data", merge(cfg["data"], cfg["pretrain"].get("data")))]
                                                 if "pretrain" in cfg else []):
@@ -58,8 +63,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
             raise ConfigError(f"{path}: {where}.kind {d['kind']!r} is not one of {sorted(VOLUME_KINDS)}")
         if d["kind"] == "nifti" and not d.get("root"):
             raise ConfigError(f"{path}: {where}.kind nifti needs `root`")
-        if len(d["patch_size"]) != 3:
-            raise ConfigError(f"{path}: {where}.patch_size must be [D, H, W]")
+        check_size(path, f"{where}.patch_size", d["patch_size"], 3)
     if cfg["sweep"]["train_on"] not in ("rest", "fold"):
         raise ConfigError(f"{path}: sweep.train_on must be 'rest' (k-fold CV) or 'fold' (train on one fold)")
     for run in cfg["runs"]:
