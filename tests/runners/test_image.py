@@ -145,7 +145,7 @@ def test_limit_on_phantom_data_keeps_the_arrays_and_names_the_cases(tmp_path):
     cfg = config_from_dict(TINY, str(tmp_path / "tiny.yaml"))
     images, masks, meta, groups, _ = load_data(cfg, {**cfg["data"], "limit": 5})
     assert images.shape == (5, 32, 32, 1) and masks.shape == (5, 32, 32)
-    assert [m["name"] for m in meta] == [f"phantom_{i:03d}" for i in range(5)] == groups
+    assert [m["name"] for m in meta] == [f"phantom_{i:03d}" for i in range(5)] and groups == list(range(5))
     full = load_data(cfg, cfg["data"])
     assert np.array_equal(full[0][:5], images)  # the same first five, not re-read from "files"
 

@@ -102,7 +102,7 @@ def _data_lung_us_phantom(cfg, d):
     data = SegmentationSet(names, names, [{"name": n} for n in names],
                            arrays=(np.stack([f["image"][..., None] for f in frames]),
                                    np.stack([f["rib_mask"] for f in frames])))
-    return data, names, "synthetic lung-ultrasound phantom"
+    return data, list(range(len(frames))), "synthetic lung-ultrasound phantom"  # one frame per "subject"
 
 
 DATA_KINDS = {"hc18": _data_hc18, "pairs": _data_pairs, "lung_us_phantom": _data_lung_us_phantom}
