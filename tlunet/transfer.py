@@ -108,10 +108,10 @@ TRANSFER_METHODS = {
 
 
 def _unet_config(source):
-    """`build_unet` arguments of a built plain U-Net, read from its layers' configs by group: the
+    """(`build_unet` arguments, classes) of a built plain U-Net, read from its layers' configs by group: the
     width of each encoder level and of the bottleneck (the `filters` of the first of their two
     convolutions, in graph order), and whether the encoder uses BatchNorm."""
-    widths = {"encoder": [], "bottleneck": []}
+    widths = {"encoder": [], "bottleneck": [], "head": []}
     batchnorm = False
     for path, layer in iter_layers(source):
         group = group_of(path)
@@ -121,12 +121,12 @@ def _unet_config(source):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv3D)):
             widths[group].append(config["filters"])
         batchnorm |= group == "encoder" and isinstance(layer, keras.layers.BatchNormalization)
+    classes = widths.pop("head")
     widths = {group: values[::2] for group, values in widths.items()}  # two convolutions per level
-    if not widths["encoder"] or len(widths["bottleneck"]) != 1 or \
-            "head_conv" not in {layer.name for layer in source.layers}:
-        raise ValueError(f"Transfer methods need a plain U-Net source (unet / unet3d: convolutions in the "
-                         f"encoder and bottleneck groups, a head_conv); model {source.name!r} is not one.")
-    return {"filters": tuple(widths["encoder"]) + tuple(widths["bottleneck"]), "batchnorm": batchnorm}
+    if not widths["encoder"] or len(widths["bottleneck"]) != 1 or len(classes) != 1:
+        raise ValueError(f"Transfer methods need a plain U-Net source (unet / unet3d: two convolutions per "
+                         f"encoder level and in the bottleneck, one head convolution); model {source.name!r} is not one.")
+    return {"filters": tuple(widths["encoder"]) + tuple(widths["bottleneck"]), "batchnorm": batchnorm}, classes[0]
 
 
 def build_transfer_model(method, source, *, classes=None, input_shape=None, activation="auto"):
@@ -147,8 +147,7 @@ def build_transfer_model(method, source, *, classes=None, input_shape=None, acti
 
     if method not in TRANSFER_METHODS:
         raise ValueError(f"`method` must be one of {sorted(TRANSFER_METHODS)}. Received: method={method!r}")
-    arch = _unet_config(source)
-    source_classes = source.get_layer("head_conv").filters
+    arch, source_classes = _unet_config(source)
     classes = source_classes if classes is None else classes
     input_shape = tuple(source.input_shape[1:]) if input_shape is None else tuple(input_shape)
     if method == "continual" and classes != source_classes:

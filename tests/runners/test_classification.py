@@ -57,6 +57,12 @@ def test_shipped_reverse_transfer_config_and_bad_configs(tmp_path):
                           ({"data": {**TINY_CLS["data"], "kind": "dicom"}}, "data.kind"),
                           ({"classifier": {"inputs": "logits"}}, "classifier.inputs"),
                           ({"training": {"epochz": 1}}, "unknown training keys"),
-                          ({"data": {**TINY_CLS["data"], "image_size": [64, 64]}}, "must be the same")]:
+                          ({"data": {**TINY_CLS["data"], "image_size": [64, 64]}}, "must be the same"),
+                          ({"segmentation": {**TINY_CLS["segmentation"], "modle": {}}}, "unknown segmentation keys"),
+                          ({"segmentation": {**TINY_CLS["segmentation"], "model": {"filterz": [4]}}},
+                           r"unknown segmentation.model keys \['filterz'\]"),
+                          ({"explain": {"m": 2}}, "unknown explain keys"),
+                          ({"classes": ["covid", "covid"]}, "distinct class names"),
+                          ({"runs": [{"name": "x", "init": "dense", "learning_rate": -1}]}, "learning_rate must be")]:
         with pytest.raises(ConfigError, match=error):
             config_from_dict({**TINY_CLS, **change}, str(tmp_path / "bad.yaml"))

@@ -1,4 +1,4 @@
-"""The experiment runner and the CLI commands end to end, on tiny synthetic data."""
+"""The image runner (tlunet.runners.image) and the CLI commands end to end, on tiny synthetic data."""
 
 import csv
 import os
@@ -9,9 +9,8 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-import tlunet
 from tlunet.cli import main
-from tlunet.runners import ConfigError, config_from_dict, load_config, run_experiment
+from tlunet.runners import config_from_dict, run_experiment
 
 TINY = {
     "name": "tiny",
@@ -33,8 +32,14 @@ def test_runner_writes_every_output_and_skips_finished_runs(tmp_path):
     rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
     assert [(r["run"], r["fraction"]) for r in rows] == [("all", 0.5), ("all", 1.0),
                                                          ("two_stage", 0.5), ("two_stage", 1.0)]
-    assert all(r["folds"] == 2 and r["n_test"] == 12 and np.isfinite(r["dice"]) for r in rows)  # folds cover all 12
+    assert all(r["folds"] == 2 and r["n_test"] == 12 for r in rows)  # the two folds test all 12 cases
     exp = tmp_path / "results" / "tiny"
+    # each summary row is the mean over its folds of the per-case Dice each fold wrote
+    for r in rows:
+        stem = f"{r['run']}-frac{r['fraction']:g}"
+        folds = [np.mean([float(c["dice"]) for c in csv.DictReader(open(exp / f"{stem}-fold{k}" / "metrics.csv"))])
+                 for k in (0, 1)]
+        assert r["dice"] == pytest.approx(np.mean(folds)) and r["dice_sd"] == pytest.approx(np.std(folds))
     run = exp / "two_stage-frac1-fold1"
     for name in ("config.yaml", "history.csv", "metrics.csv", "summary.md", "model.keras",
                  "figures/learning_curves.png", "figures/overlays.png"):
@@ -54,44 +59,6 @@ def test_runner_writes_every_output_and_skips_finished_runs(tmp_path):
     again = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=logs.append)
     assert sum("skipped" in line for line in logs) == 8
     assert [r["dice"] for r in again] == [r["dice"] for r in rows]
-
-
-@pytest.mark.parametrize("change,error", [
-    ({"runs": []}, "runs"),
-    ({"colour": "red"}, "unknown keys"),
-    ({"training": {"epochz": 3}}, "unknown training keys"),
-    ({"model": {"name": "resnet_unet"}}, "Unknown model"),
-    ({"runs": [{"name": "x", "strategy": "decoder-only"}]}, "Unknown strategy"),
-    ({"runs": [{"name": "x", "init": "pretrain"}]}, "no `pretrain` block"),
-    ({"data": {"kind": "dicom"}}, "data.kind"),
-])
-def test_bad_configs_are_named(tmp_path, change, error):
-    raw = {**TINY, **{k: v for k, v in change.items() if k not in ("training", "model", "data")}}
-    for section in ("training", "model", "data"):
-        if section in change:
-            raw[section] = {**TINY[section], **change[section]}
-    with pytest.raises(ConfigError, match=error):
-        config_from_dict(raw, str(tmp_path / "bad.yaml"))
-
-
-def test_shipped_configs_load_in_every_profile():
-    for name in ("wang2023_fetal_head", "cheng2021_lung_us"):
-        for profile in (None, "quick", "full"):
-            cfg = load_config(name, profile)
-            assert cfg["runs"] and cfg["profile"] == (profile or "default")
-    quick = load_config("wang2023_fetal_head", "quick")
-    assert quick["data"]["root"] == "sample:hc18_small"
-    assert os.path.isfile(os.path.join(tlunet.sample_path("hc18_small"), "training_set_pixel_size_and_HC.csv"))
-    # default roots never point outside the package: a bundled sample, `download`, or unset
-    for name in tlunet.list_experiments():
-        for profile in (None, "quick", "full"):
-            try:
-                cfg = load_config(name, profile)
-            except ConfigError:
-                continue  # a profile this experiment does not have
-            for d in (cfg["data"], cfg.get("pretrain", {}).get("data", {})):
-                root = d.get("root")
-                assert root is None or root == "download" or str(root).startswith(("sample:", "/path/to")), (name, root)
 
 
 def _write_pairs(root, n=8, size=(40, 48)):
@@ -173,6 +140,7 @@ def test_multiclass_runs_score_the_foreground_classes_not_the_background():
     assert rows[0]["dice"] == 0.0  # channel 0 (background) would have scored 0.67
 
 
+@pytest.mark.slow
 def test_phantom_cases_are_named_in_metrics_and_figures(tmp_path):
     raw = {**TINY, "runs": [{"name": "all", "strategy": "all"}], "sweep": {"fractions": [1.0], "folds": None}}
     run_experiment(config_from_dict(raw, str(tmp_path / "t.yaml")), out_dir=str(tmp_path), log=lambda *a: None)
@@ -181,61 +149,10 @@ def test_phantom_cases_are_named_in_metrics_and_figures(tmp_path):
     assert names and all(n.startswith("phantom_") for n in names)
 
 
-def test_extra_data_keys_are_refused_outside_data(tmp_path):
-    for section in ("training", "sweep"):
-        with pytest.raises(ConfigError, match=f"unknown {section} keys \\['root'\\]"):
-            config_from_dict({**TINY, section: {**TINY.get(section, {}), "root": "x"}}, str(tmp_path / "b.yaml"))
-
-
-@pytest.mark.parametrize("bad,error", [
-    ({"runs": {"all": {"strategy": "all"}}}, "`runs` must be a non-empty list"),
-    ({"runs": [{"strategy": "all"}]}, "needs a `name`"),
-    ({"training": [1, 2]}, "`training` must be a mapping"),
-])
-def test_malformed_configs_are_named(tmp_path, bad, error):
-    with pytest.raises(ConfigError, match=error):
-        config_from_dict({**TINY, **bad}, str(tmp_path / "b.yaml"))
-
-
-def test_a_top_level_list_is_refused_naming_the_file(tmp_path):
-    path = tmp_path / "list.yaml"
-    path.write_text("- name: x\n")
-    with pytest.raises(ConfigError, match="list.yaml: an experiment config is a mapping"):
-        load_config(str(path))
-
-
-@pytest.mark.parametrize("override,error", [
-    ({"training": {"epochs": "abc"}}, r"training.epochs must be a whole number >= 1. Received: epochs='abc'"),
-    ({"training": {"epochs": 0}}, "training.epochs must be a whole number"),
-    ({"training": {"batch_size": -2}}, "training.batch_size must be"),
-    ({"data": {"image_size": 5}}, "data.image_size must be a list of 2 whole numbers"),
-    ({"data": {"split": [0.5, 0.5, 0.5]}}, "data.split must be 3 fractions"),
-    ({"model": {"encoder_weigths": "imagenet"}}, r"unknown model keys \['encoder_weigths'\]"),
-    ({"sweep": {"fractions": [0]}}, "sweep.fractions"),
-    ({"pretrain": {"data": {"rot": "x"}}}, r"unknown pretrain.data keys \['rot'\]"),
-])
-def test_overrides_are_checked_like_the_file(tmp_path, override, error):
-    with pytest.raises(ConfigError, match=error):
-        config_from_dict(TINY, str(tmp_path / "t.yaml"), overrides=override)
-
-
-def test_download_is_only_for_hc18(tmp_path):
-    cfg = config_from_dict({**TINY, "data": {**TINY["data"], "kind": "pairs", "root": "download"}}, str(tmp_path / "t.yaml"))
-    with pytest.raises(ConfigError, match="`download` fetches HC18 only"):
-        run_experiment(cfg, out_dir=str(tmp_path), log=lambda *a: None)
-
-
-def test_a_weights_file_that_does_not_fit_is_refused_before_any_training(tmp_path):
-    from tlunet.runners.config import plan_runs, with_weights_file
-    bad = tmp_path / "not_mobilenet.weights.h5"
-    bad.write_bytes(b"not an h5 file")
-    raw = {"name": "w", "data": {"kind": "hc18", "root": "sample:hc18_small", "image_size": [32, 64]},
-           "model": {"name": "mobilenetv2_unet", "encoder_weights": "imagenet"},
-           "runs": [{"name": "scratch", "strategy": "scratch", "model": {"encoder_weights": None}},
-                    {"name": "decoder", "strategy": "decoder"},
-                    {"name": "own", "strategy": "decoder", "model": {"encoder_weights": "imagenet"}}]}
-    cfg = with_weights_file(config_from_dict(raw, str(tmp_path / "w.yaml")), str(bad))
-    assert cfg["model"]["encoder_weights"] == str(bad) and cfg["runs"][2]["model"]["encoder_weights"] == str(bad)
-    assert cfg["runs"][0]["model"]["encoder_weights"] is None  # scratch stays scratch
-    with pytest.raises(ConfigError, match="not_mobilenet.weights.h5"):
-        plan_runs(cfg, {})
+@pytest.mark.slow
+def test_a_pretrain_block_without_data_pretrains_on_the_main_data(tmp_path):
+    raw = {**TINY, "pretrain": {"training": {"epochs": 1}}, "sweep": {"fractions": [1.0], "folds": None},
+           "runs": [{"name": "from source", "init": "pretrain", "strategy": "all"}]}
+    rows = run_experiment(config_from_dict(raw, str(tmp_path / "p.yaml")), out_dir=str(tmp_path), log=lambda *a: None)
+    assert rows[0]["weights"].startswith("pre-trained on the source task (") and "layers copied" in rows[0]["weights"]
+    assert (tmp_path / "tiny" / "pretrain" / "source.keras").is_file()

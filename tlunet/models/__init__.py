@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from tlunet.encoders import get_encoder_spec
 from tlunet.models.classifier import seg_to_classifier, segmentation_branch
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
-from tlunet.models.resnet3d import build_resnet18_3d_unet
-from tlunet.models.unet import build_hybrid_unet3d, build_unet, build_unet3d
+from tlunet.models.resnet3d import R3D18_DIVISOR, build_resnet18_3d_unet
+from tlunet.models.unet import UNET3D_FILTERS, UNET_FILTERS, build_hybrid_unet3d, build_unet, build_unet3d, pooling_divisor
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def register_model(info):
 register_model(ModelInfo(
     "unet", build_unet,
     "plain U-Net 64-1024 filters, no BN, transposed-conv decoder (X-Unet)",
-    "Cheng & Lam 2021", reference_shape=(256, 256, 3), divisor=16))
+    "Cheng & Lam 2021", reference_shape=(256, 256, 3), divisor=pooling_divisor(UNET_FILTERS)))
 register_model(ModelInfo(
     "vgg16_unet", build_vgg16_unet,
     "VGG16 encoder (bridge block5_conv3), transposed-conv decoder (V-Unet)",
@@ -65,15 +65,15 @@ register_model(ModelInfo(
 register_model(ModelInfo(
     "unet3d", build_unet3d,
     "3D U-Net 32-320 filters, conv-BN-ReLU, transposed-conv decoder (nnU-Net widths)",
-    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=16))
+    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=pooling_divisor(UNET3D_FILTERS)))
 register_model(ModelInfo(
     "hybrid_unet3d", build_hybrid_unet3d,
     "unet3d with two encoders (target + pre-trained source) merged by selective fusion",
-    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=16))
+    "Wang et al. 2020", reference_shape=(64, 128, 128, 1), divisor=pooling_divisor(UNET3D_FILTERS)))
 register_model(ModelInfo(
     "resnet18_3d_unet", build_resnet18_3d_unet,
     "3D U-Net on a torchvision r3d_18-layout ResNet-18 encoder (Kinetics-400 weights)",
-    "Bressem et al. 2021", reference_shape=(32, 128, 128, 1), divisor=(8, 16, 16),
+    "Bressem et al. 2021", reference_shape=(32, 128, 128, 1), divisor=R3D18_DIVISOR,
     pretrained_encoder=True))
 
 

@@ -39,6 +39,11 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True):
     return layers.Activation("relu", name=f"{name}_relu")(x) if relu else x
 
 
+# r3d_18's downsampling: the stem by (1, 2, 2), layer2-4 by 2 on every axis
+_STRIDES = ((1, 2, 2), (1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+R3D18_DIVISOR = tuple(int(x) for x in np.prod(_STRIDES, axis=0))  # (8, 16, 16)
+
+
 def _basic_block(x, filters, stride, name):
     shortcut = x
     y = _conv_bn(x, filters, (3, 3, 3), (stride,) * 3, f"{name}_conv1")

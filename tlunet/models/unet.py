@@ -25,7 +25,15 @@ def _expanding_path(x, skips, filters, spatial_dims, batchnorm, classes, activat
     return segmentation_head(x, classes, activation=activation, kernel_size=1, spatial_dims=spatial_dims)
 
 
-def build_unet(input_shape, classes=1, *, activation="auto", filters=(64, 128, 256, 512, 1024),
+UNET_FILTERS = (64, 128, 256, 512, 1024)  # Ronneberger et al.; Cheng & Lam's X-Unet
+
+
+def pooling_divisor(filters):
+    """Input sizes a plain U-Net takes are multiples of this: one 2x pooling per level but the last."""
+    return 2 ** (len(filters) - 1)
+
+
+def build_unet(input_shape, classes=1, *, activation="auto", filters=UNET_FILTERS,
                batchnorm=False, name="unet"):
     """Builds the plain U-Net: two 3x3 convs + ReLU per level, 2x2 max-pool, 2x2 stride-2
     transposed conv up, 1x1 head. 2D for (H, W, C) inputs, 3D for (D, H, W, C).

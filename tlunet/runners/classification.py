@@ -31,9 +31,11 @@ from tlunet.models.classifier import FEATURE_INPUTS
 from tlunet.plots import confusion_matrix, learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import apply_profile, check_keys, check_numbers, check_size, check_split, resolve_path
-from tlunet.runners.results import cached_source, finish_run, fmt, read_done, start_run, write_config, write_csv, write_tables
-from tlunet.train import compile_model, configure, fit
+from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_size, check_split,
+                                   resolve_path)
+from tlunet.runners.results import (cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
+                                    write_csv, write_tables)
+from tlunet.train import compile_model, fit
 
 DEFAULTS = {
     "seed": 0,
@@ -58,7 +60,12 @@ SEG_DATA_KEYS = {"root", "layout", "n", "phantom_size", "labels", "limit"}
 def config_from_dict(raw, path, profile=None, overrides=None):
     """DEFAULTS, the config, its profile and overrides, checked."""
     cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
+    seg = cfg["segmentation"]
+    if not isinstance(seg, dict) or set(seg) - {"data", "model", "training"}:
+        raise ConfigError(f"{path}: unknown segmentation keys {sorted(set(seg) - {'data', 'model', 'training'})}; "
+                          "valid: ['data', 'model', 'training']")
     check_keys(cfg, path, TOP_KEYS, {
+        "explain": (cfg["explain"], DEFAULTS["explain"]),
         "data": (cfg["data"], set(DEFAULTS["data"]) | DATA_KEYS),
         "segmentation.data": (cfg["segmentation"]["data"], set(DEFAULTS["segmentation"]["data"]) | SEG_DATA_KEYS),
         "training": (cfg["training"], DEFAULTS["training"]),
@@ -82,15 +89,17 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                           "segmentation network)")
     if cfg["classifier"]["inputs"] not in FEATURE_INPUTS:
         raise ConfigError(f"{path}: classifier.inputs must be one of {FEATURE_INPUTS}")
-    if not isinstance(cfg["classes"], list) or len(cfg["classes"]) < 2:
-        raise ConfigError(f"{path}: `classes` must list at least two class names")
+    if not isinstance(cfg["classes"], list) or len(cfg["classes"]) < 2 or len(set(cfg["classes"])) != len(cfg["classes"]):
+        raise ConfigError(f"{path}: `classes` must list at least two distinct class names. Received: {cfg['classes']!r}")
     for run in cfg["runs"]:
         if run.get("init") not in INITS:
             raise ConfigError(f"{path}: run {run.get('name')!r}: init must be one of {INITS}")
-    try:
-        tlunet.get_model_info(cfg["segmentation"]["model"]["name"])
-    except ValueError as e:
-        raise ConfigError(f"{path}: segmentation.model: {e}") from e
+        extra = sorted(set(run) - {"name", "init", "learning_rate"})
+        if extra:
+            raise ConfigError(f"{path}: run {run['name']!r}: unknown keys {extra}; valid: ['init', 'learning_rate', 'name']")
+        if "learning_rate" in run:
+            check_numbers(path, run, f"run {run['name']!r}", positive_numbers=("learning_rate",))
+    check_model(cfg["segmentation"]["model"], path, "segmentation.model")
     return cfg
 
 
@@ -184,9 +193,8 @@ def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every run of a `task: classification` config; returns the summary rows."""
-    exp_dir = os.path.join(out_dir, cfg["name"])
-    os.makedirs(exp_dir, exist_ok=True)
-    configure(cfg["seed"])
+    _, _, exp_dir = open_experiment(cfg, out_dir, log, {"data": cfg["data"], "segmentation.data": cfg["segmentation"]["data"]},
+                                    plan=False)
     start = time.time()
     d, t = cfg["data"], cfg["training"]
     frames, labels, groups, source = FRAME_KINDS[d["kind"]](cfg, d)
@@ -259,7 +267,8 @@ def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbo
             explain_figure(model, test_images[j], os.path.join(run_dir, "figures", f"explain_{names[k]}.png"),
                            names, true_label=k)
     model.save(os.path.join(run_dir, "model.keras"))
-    row = {"run": spec["name"], "init": spec["init"], "trainable_params": trainable_params(model),
+    row = {"run": spec["name"], "init": spec["init"], "stages": "all", "trainable_params": trainable_params(model),
+           "weights": "random init" if spec["init"] == "random" else f"{spec['init']}-label segmentation model",
            "seg_val_dice": float(np.nanmean(list(seg_dice.values()))) if seg_dice else float("nan"),
            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
            "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),

@@ -24,7 +24,7 @@ from tlunet.plots import dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, check_numbers, check_pretrain, check_runs, check_size,
-                                   check_sources, check_split, merge,
+                                   check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
@@ -163,7 +163,7 @@ def _build(cfg, mcfg, weights):
     return tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights, **kwargs)
 
 
-def _pretrain(cfg, exp_dir, verbose, log):
+def pretrain(cfg, exp_dir, verbose=0, log=print):
     """The source model of `init: pretrain` runs (e.g. X-Unet on grey salient-object images), trained once."""
     p = merge({"data": cfg["data"], "model": cfg["model"], "training": cfg["training"]}, cfg["pretrain"])
 
@@ -191,8 +191,10 @@ def _pretrain(cfg, exp_dir, verbose, log):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, training fraction, fold) of an image config; returns the summary rows."""
-    check_sources(cfg, {"data": cfg["data"], **({"pretrain.data": cfg["pretrain"]["data"]} if "pretrain" in cfg else {})})
-    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log)
+    sources = {"data": cfg["data"]}
+    if "pretrain" in cfg:
+        sources["pretrain.data"] = merge(cfg["data"], cfg["pretrain"].get("data"))
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, sources)
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])
@@ -201,7 +203,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
         f"{'x'.join(map(str, cfg['data']['image_size']))}; split by subject: {len(splits[0][0])} train / "
         f"{len(splits[0][1])} validation / {len(splits[0][2])} test{' (fold 0)' if len(splits) > 1 else ''}; "
         f"{total} training run{'s' * (total > 1)}")
-    source_model = _pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
+    source_model = pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
     summary, count = [], 0
     for spec, weights, weights_note in ready:
         for fraction in cfg["sweep"]["fractions"]:
@@ -236,7 +238,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     model = _build(cfg, merge(cfg["model"], spec.get("model")), weights)
     if spec.get("init") == "pretrain":
         report = transfer_weights(source_model, model)
-        weights_note = f"pre-trained on {cfg['pretrain']['data'].get('layout', 'the source')} ({len(report.copied)} layers copied)"
+        source = (cfg["pretrain"].get("data") or {}).get("layout") or "the source task"
+        weights_note = f"pre-trained on {source} ({len(report.copied)} layers copied)"
     write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_train=len(train), n_val=len(val),
                  n_test=len(test), weights_used=weights_note)
     bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))

@@ -15,18 +15,21 @@ import numpy as np
 import yaml
 
 from tlunet.resources import ConfigError
-from tlunet.runners.config import plan_runs, skip_message
+from tlunet.runners.config import check_sources, plan_runs, skip_message
 from tlunet.train import configure
 
 
-def open_experiment(cfg, out_dir, log, input_shape=None):
-    """What every runner does first: decide which runs can start from the weights they name (saying
-    up front which are skipped, and stopping if none can), make `out_dir/<name>/`, and seed.
+def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True):
+    """What every runner does first: check that the data folders it needs are there (`sources`,
+    {where: data block}), decide which runs can start from the weights they name (saying up front
+    which are skipped, and stopping if none can; `plan=False` for tasks without pretrained
+    encoders), make `out_dir/<name>/`, and seed.
 
     Returns:
         (ready [(run, weights, note)], skipped [(name, reason)], experiment folder).
     """
-    ready, skipped = plan_runs(cfg, {}, input_shape=input_shape)
+    check_sources(cfg, sources or {"data": cfg["data"]})
+    ready, skipped = plan_runs(cfg, {}, input_shape=input_shape) if plan else ([(r, None, None) for r in cfg["runs"]], [])
     if skipped:
         log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
     if not ready:
@@ -108,8 +111,9 @@ def mean_sd(rows, key):
 
 def aggregate_folds(rows, keys):
     """One summary row from the rows of a run's folds: the mean of each of `keys` (finite values),
-    with the spread over folds as `key_sd` when there are several; counts of test cases are summed,
-    epochs averaged, and differing initial weights listed."""
+    with the spread over folds as `key_sd` when there are several (with one fold `key_sd` stays the
+    spread over its test cases); test cases are summed over folds, training cases and epochs
+    averaged per fold, and differing initial weights listed."""
     out = dict(rows[0])
     for key in keys:
         mean, sd = mean_sd(rows, key)
@@ -117,10 +121,10 @@ def aggregate_folds(rows, keys):
         if len(rows) > 1:
             out[key + "_sd"] = sd
     if len(rows) > 1:
-        for key in [k for k in out if k.startswith("n_test")]:
+        for key in [k for k in out if k.startswith("n_test")]:  # every fold's test cases
             out[key] = int(sum(r[key] for r in rows))
-        if "epochs" in out:
-            out["epochs"] = round(float(np.mean([r["epochs"] for r in rows])), 1)
+        for key in [k for k in out if k.startswith(("n_train", "n_val")) or k == "epochs"]:  # per fold
+            out[key] = round(float(np.mean([r[key] for r in rows])), 1)
         if "weights" in out:
             out["weights"] = "; ".join(dict.fromkeys(str(r["weights"]) for r in rows))
     out["folds"] = len(rows)

@@ -152,7 +152,7 @@ def _patches(cfg, d, cases, seed, training):
                               augment=bool(t["augment"]) and training)
 
 
-def _pretrain(cfg, exp_dir, verbose, log):
+def pretrain(cfg, exp_dir, verbose=0, log=print):
     """The source-task model (Wang et al. 2020: non-COVID lung lesions), trained once, at the pre-train
     block's own patch size (convolution weights do not depend on it)."""
     p = merge({"data": cfg["data"], "model": cfg["model"], "training": cfg["training"]}, cfg["pretrain"])
@@ -179,13 +179,16 @@ def _pretrain(cfg, exp_dir, verbose, log):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, fold) of a `task: volume` config; returns the summary rows."""
-    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, input_shape=(*cfg["data"]["patch_size"], 1))
+    sources = {"data": cfg["data"]}
+    if "pretrain" in cfg:
+        sources["pretrain.data"] = merge(cfg["data"], cfg["pretrain"].get("data"))
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, sources, input_shape=(*cfg["data"]["patch_size"], 1))
     start = time.time()
     cases, source = load_volumes(cfg, cfg["data"])
     splits = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], folds=cfg["sweep"]["folds"],
                                train_on=cfg["sweep"]["train_on"], validation=False)
     log(f"[{cfg['name']}] data: {source}; patches {tuple(cfg['data']['patch_size'])}")
-    source_model = _pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
+    source_model = pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
     summary = []
     for spec, weights, weights_note in ready:
         fold_rows = []
@@ -248,7 +251,7 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     digits = 1 if scale > 1 else 3
     lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}.", "",
              f"| run | transfer | trainable params | Dice (ours) | Dice (paper) | NSD@{cfg['inference']['nsd_tolerance_mm']:g} mm "
-             "| HD95 (mm) | epochs | train / test cases | folds | initial weights |",
+             "| HD95 (mm) | epochs | train (per fold) / test cases (all folds) | folds | initial weights |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         sd = f" ± {fmt(r['dice_sd'], scale, digits)}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
