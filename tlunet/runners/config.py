@@ -175,6 +175,15 @@ def resolve_path(cfg, path):
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(os.path.dirname(cfg["_config_path"]), path))
 
 
+def data_blocks(cfg):
+    """{where: data block} a config reads: `data`, and `pretrain.data` (the main data block with the
+    pre-train block's changes) when there is a source task."""
+    blocks = {"data": cfg["data"]}
+    if "pretrain" in cfg:
+        blocks["pretrain.data"] = merge(cfg["data"], cfg["pretrain"].get("data"))
+    return blocks
+
+
 def check_sources(cfg, blocks):
     """Stops before any work when a data folder a run needs is not there, saying how to get it.
 

@@ -23,7 +23,7 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -191,10 +191,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, training fraction, fold) of an image config; returns the summary rows."""
-    sources = {"data": cfg["data"]}
-    if "pretrain" in cfg:
-        sources["pretrain.data"] = merge(cfg["data"], cfg["pretrain"].get("data"))
-    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, sources)
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, data_blocks(cfg))
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])

@@ -18,7 +18,7 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -179,10 +179,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
 
 def run(cfg, out_dir="results", verbose=0, log=print):
     """Runs every (run, fold) of a `task: volume` config; returns the summary rows."""
-    sources = {"data": cfg["data"]}
-    if "pretrain" in cfg:
-        sources["pretrain.data"] = merge(cfg["data"], cfg["pretrain"].get("data"))
-    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, sources, input_shape=(*cfg["data"]["patch_size"], 1))
+    ready, skipped, exp_dir = open_experiment(cfg, out_dir, log, data_blocks(cfg), input_shape=(*cfg["data"]["patch_size"], 1))
     start = time.time()
     cases, source = load_volumes(cfg, cfg["data"])
     splits = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], folds=cfg["sweep"]["folds"],
