@@ -9,6 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # one epoch: HC may be NaN for every scan
 def test_walkthrough_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
     section = text[text.index("## Five-minute walk-through"):]
@@ -20,7 +21,7 @@ def test_walkthrough_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md walk-through", "exec"), {"__name__": "walkthrough"})
     out = capsys.readouterr().out
     assert "6,628,945 trainable parameters" in out and "test Dice" in out
-    assert re.search(r"\d{3}_\d?HC\.png: HC (\d+\.\d|nan) mm \(annotated \d+\.\d mm\)", out), out
+    assert re.search(r"HC error on 35 test scans: median (\d+\.\d|nan) mm", out), out
     assert (tmp_path / "predictions.png").stat().st_size > 10_000
     assert (tmp_path / "runs" / "walkthrough" / "history.csv").is_file()
     assert (tmp_path / "fetal_head_savedmodel" / "saved_model.pb").is_file()
