@@ -49,13 +49,20 @@ def outline_points(mask):
     pixel centres; fitting to the foreground boundary pixels instead would shrink the ellipse by
     half a pixel (about -0.4 mm of head circumference on HC18).
     """
-    labels = measure.label(np.asarray(mask) > 0)
-    if labels.max() == 0:
+    largest = largest_component(mask)
+    if not largest.any():
         return np.zeros((0, 2))
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    padded = np.pad((labels == largest).astype(float), 1)  # closes contours at the image border
+    padded = np.pad(largest.astype(float), 1)  # closes contours at the image border
     contours = measure.find_contours(padded, 0.5)
     return np.concatenate(contours) - 1.0
+
+
+def largest_component(mask):
+    """The largest connected foreground component of a mask (bool); all False if there is none."""
+    labels = measure.label(np.asarray(mask) > 0)
+    if labels.max() == 0:
+        return np.zeros(labels.shape, bool)
+    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
 def head_circumference(mask, pixel_size):
@@ -79,3 +86,34 @@ def hc18_measures(pred_mask, true_mask, pixel_size):
     return {"hc_pred": hc_pred, "hc_true": hc_true, "df": df, "adf": abs(df),
             "dice": dice(pred_mask, true_mask),
             "hausdorff": hausdorff(pred_mask, true_mask, spacing=(pixel_size, pixel_size))}
+
+
+def challenge_measures(prob, true_mask, pixel_size, hc_true, threshold=0.5):
+    """The HC18 challenge's measures of one image, taken the way the challenge takes them.
+
+    The probability map (any size) is resized bilinearly to the original scan's size before it is
+    thresholded; the largest component is kept; an ellipse is fitted to its sub-pixel edge and its
+    perimeter times the pixel size is the HC.
+
+    Args:
+        prob: float (h, w) foreground probabilities at the model's size.
+        true_mask: the full-size filled reference ellipse (H, W).
+        pixel_size: mm per pixel (the CSV's).
+        hc_true: the reference HC in mm (the CSV's).
+
+    Returns:
+        dict: hc_pred_mm, hc_true_mm, df_mm (pred - true), adf_mm (|df|), dice_full (Dice at full
+        size), hausdorff_mm (symmetric, between the outlines); and "mask", the full-size prediction.
+    """
+    from PIL import Image
+
+    h, w = np.asarray(true_mask).shape[:2]
+    prob = np.asarray(prob, np.float32)
+    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) if prob.shape != (h, w) else prob
+    pred = largest_component(full >= threshold)
+    truth = np.asarray(true_mask) > 0
+    hc_pred = head_circumference(pred, pixel_size) if pred.any() else float("nan")
+    df = hc_pred - hc_true
+    return {"hc_pred_mm": hc_pred, "hc_true_mm": float(hc_true), "df_mm": df, "adf_mm": abs(df),
+            "dice_full": dice(pred, truth), "hausdorff_mm": hausdorff(pred, truth, spacing=(pixel_size, pixel_size)),
+            "mask": pred}

@@ -108,3 +108,28 @@ def confusion_matrix(cm, class_names, path, title="", normalize=True):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def bland_altman(predicted, reference, path, title="", unit="mm", what="HC"):
+    """Bland–Altman plot: difference (predicted - reference) against the pair's mean, with the bias
+    and the 95 % limits of agreement (bias ± 1.96 sd). Pairs with a non-finite value are left out
+    and counted in the title."""
+    p, r = np.asarray(predicted, float), np.asarray(reference, float)
+    ok = np.isfinite(p) & np.isfinite(r)
+    mean, diff = (p[ok] + r[ok]) / 2, p[ok] - r[ok]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(mean, diff, s=14, color="C0")
+    if len(diff):
+        bias, sd = diff.mean(), diff.std(ddof=1) if len(diff) > 1 else 0.0
+        for y, style, label in ((bias, "-", f"bias {bias:+.2f} {unit}"),
+                                (bias + 1.96 * sd, "--", f"+1.96 sd {bias + 1.96 * sd:+.2f}"),
+                                (bias - 1.96 * sd, "--", f"-1.96 sd {bias - 1.96 * sd:+.2f}")):
+            ax.axhline(y, linestyle=style, color="C3", linewidth=1, label=label)
+        ax.legend(fontsize=8)
+    ax.set_xlabel(f"mean of predicted and reference {what} ({unit})")
+    ax.set_ylabel(f"predicted - reference {what} ({unit})")
+    missing = int((~ok).sum())
+    ax.set_title(title + (f" ({missing} without a prediction)" if missing else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -104,7 +104,8 @@ def load_hc18_record(record):
     return image, mask
 
 
-def _read_filled(path):
+def read_filled_annotation(path):
+    """The filled head mask (uint8 0/1) of an HC18 annotation file, at the file's size."""
     return fill_annotation(read_mask(path, binary=True), path)[0]
 
 
@@ -117,6 +118,7 @@ def hc18_set(root_or_records):
     records = find_hc18(root_or_records) if isinstance(root_or_records, (str, os.PathLike)) \
         else list(root_or_records)
     meta = [{"pixel_size": r.pixel_size, "hc_mm": r.hc_mm, "subject": r.subject,
-             "name": os.path.basename(r.image)} for r in records]
+             "name": os.path.basename(r.image), "image": r.image, "annotation": r.annotation}
+            for r in records]
     return SegmentationSet([r.image for r in records], [r.annotation for r in records], meta,
-                           num_classes=2, mask_reader=_read_filled)
+                           num_classes=2, mask_reader=read_filled_annotation)

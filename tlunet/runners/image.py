@@ -15,18 +15,20 @@ from PIL import Image
 
 import tlunet
 from tlunet import evaluation as ev
-from tlunet.biometry import head_circumference
+from tlunet.biometry import challenge_measures, head_circumference
 from tlunet.data import (SegmentationSet, experiment_splits, find_pairs, fraction_indices, hc18_set, load_arrays,
                          make_dataset, resize_pair, split_indices)
 from tlunet.data.download import download_hc18
+from tlunet.data.hc18 import read_filled_annotation
+from tlunet.data.io import read_image
 from tlunet.data.phantoms import lung_ultrasound
-from tlunet.plots import dice_vs_params, learning_curves, overlays
+from tlunet.plots import bland_altman, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
-from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, run_stages
 from tlunet.transfer import transfer_weights
@@ -40,12 +42,14 @@ DEFAULTS = {
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
                  "optimizer": "adam"},
-    "sweep": {"fractions": [1.0], "folds": None},
+    "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
+    "evaluation": {"tta": None, "threshold": 0.5},
     "runs": [],
 }
-TOP_KEYS = {"data", "model", "training", "sweep", "pretrain"}
+TOP_KEYS = {"data", "model", "training", "sweep", "pretrain", "evaluation"}
 DATA_KEYS = set(DEFAULTS["data"]) | {"root", "layout", "n", "phantom_size", "get"}
-MEASURES = ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm")
+MEASURES = ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm", "df_mm", "adf_mm", "dice_full", "hausdorff_mm")
+TTA = (None, "flip")
 
 
 def config_from_dict(raw, path, profile=None, overrides=None):
@@ -53,7 +57,17 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     cfg = apply_profile(raw, path, DEFAULTS, profile, overrides)
     check_keys(cfg, path, TOP_KEYS, {"data": (cfg["data"], DATA_KEYS),
                                      "training": (cfg["training"], DEFAULTS["training"]),
-                                     "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
+                                     "sweep": (cfg["sweep"], DEFAULTS["sweep"]),
+                                     "evaluation": (cfg["evaluation"], DEFAULTS["evaluation"])})
+    if cfg["evaluation"]["tta"] not in TTA:
+        raise ConfigError(f"{path}: evaluation.tta must be one of {list(TTA)}. Received: {cfg['evaluation']['tta']!r}")
+    threshold = cfg["evaluation"]["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+        raise ConfigError(f"{path}: evaluation.threshold must be a number in (0, 1). Received: {threshold!r}")
+    seeds = cfg["sweep"]["seeds"]
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or
+                              not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
+        raise ConfigError(f"{path}: sweep.seeds must be a list of distinct whole numbers, or null. Received: {seeds!r}")
     check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size"),
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
@@ -127,18 +141,27 @@ def load_data(cfg, d):
 
 
 # --------------------------------------------------------------------------------- evaluation
-def predict_labels(model, images, threshold=0.5, batch_size=8):
-    """(probabilities, label maps): thresholded foreground for one output channel, argmax for several."""
-    probs = model.predict(images.astype(np.float32) / 255.0, batch_size=batch_size, verbose=0)
+def predict_labels(model, images, threshold=0.5, batch_size=8, tta=None):
+    """(probabilities, label maps): thresholded foreground for one output channel, argmax for several.
+    `tta="flip"` averages the probabilities of each image and of its left-right mirror."""
+    x = images.astype(np.float32) / 255.0
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta == "flip":
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
     labels = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else np.argmax(probs, -1)
     return probs, labels
 
 
-def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8):
+def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8, tta=None, full_size=None):
     """Per-case Dice and IoU of the foreground (mean over foreground classes for multi-class models;
     mIoU also averages the background), pixel accuracy, and HC error in mm where the case has a
-    pixel size and a reference HC (HC18). Returns (rows, label maps)."""
-    probs, labels = predict_labels(model, images, threshold, batch_size)
+    pixel size and a reference HC (HC18).
+
+    HC18 cases whose meta names their full-size annotation also get the challenge's measures at the
+    scan's own size (`tlunet.biometry.challenge_measures`): DF and ADF in mm, Dice at full size and
+    Hausdorff in mm; their full-size predicted masks go into `full_size` if a list is given.
+    Returns (rows, label maps)."""
+    probs, labels = predict_labels(model, images, threshold, batch_size, tta)
     classes = max(2, probs.shape[-1])
     rows = []
     for prob, pred, true, m in zip(probs, labels, masks, meta):
@@ -147,7 +170,12 @@ def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8):
                "dice": float(np.mean([ev.dice(pred == c, true == c) for c in present])),
                "miou": float(np.mean([ev.iou(pred == c, true == c) for c in [0, *present]])),
                "pixel_accuracy": ev.pixel_accuracy(pred, true)}
-        if "pixel_size" in m and "hc_mm" in m and classes == 2:
+        if "pixel_size" in m and "hc_mm" in m and "annotation" in m and classes == 2:
+            c = challenge_measures(prob[..., 0], read_filled_annotation(m["annotation"]), m["pixel_size"], m["hc_mm"], threshold)
+            if full_size is not None:
+                full_size.append(c["mask"])
+            row.update({k: v for k, v in c.items() if k != "mask"}, hc_abs_error_mm=c["adf_mm"])
+        elif "pixel_size" in m and "hc_mm" in m and classes == 2:
             h, w = m["original_size"]
             full = np.asarray(Image.fromarray(prob[..., 0].astype(np.float32)).resize((w, h), Image.BILINEAR))
             hc = head_circumference(full >= threshold, m["pixel_size"])
@@ -195,7 +223,8 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])
-    total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits)
+    seeds = cfg["sweep"]["seeds"] or [None]
+    total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits) * len(seeds)
     log(f"[{cfg['name']}] profile {cfg['profile']}: {source}, {len(images)} images of {len(set(groups))} subjects at "
         f"{'x'.join(map(str, cfg['data']['image_size']))}; split by subject: {len(splits[0][0])} train / "
         f"{len(splits[0][1])} validation / {len(splits[0][2])} test{' (fold 0)' if len(splits) > 1 else ''}; "
@@ -204,23 +233,26 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     summary, count = [], 0
     for spec, weights, weights_note in ready:
         for fraction in cfg["sweep"]["fractions"]:
-            fold_rows = []
+            repeat_rows = []
             for k, (train, val, test) in enumerate(splits):
-                count += 1
-                name = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
-                    (f"-fold{k}" if len(splits) > 1 else "")
-                row = read_done(os.path.join(exp_dir, name))
-                if row is not None:
-                    log(f"[{cfg['name']}] {name}: done earlier, skipped")
-                else:
-                    row = _train_and_evaluate(
-                        cfg, spec, name, os.path.join(exp_dir, name), f"[{count}/{total}] {name}", weights, weights_note,
-                        source_model, fraction_indices(train, fraction, seed=cfg["seed"], groups=groups), val, test,
-                        (images, masks, meta), seed=cfg["seed"] + k, fold=k, fraction=fraction, verbose=verbose)
-                    log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
-                        f"{time.time() - start:.0f}s")
-                fold_rows.append(row)
-            summary.append(aggregate_folds(fold_rows, MEASURES))
+                for s in seeds:  # seeds vary the initialisation, the shuffling and the fraction drawn; not the split
+                    count += 1
+                    name = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
+                        (f"-fold{k}" if len(splits) > 1 else "") + (f"-seed{s}" if s is not None else "")
+                    row = read_done(os.path.join(exp_dir, name))
+                    if row is not None:
+                        log(f"[{cfg['name']}] {name}: done earlier, skipped")
+                    else:
+                        seed = cfg["seed"] + k if s is None else s
+                        subset = fraction_indices(train, fraction, seed=cfg["seed"] if s is None else s, groups=groups)
+                        row = _train_and_evaluate(
+                            cfg, spec, name, os.path.join(exp_dir, name), f"[{count}/{total}] {name}", weights,
+                            weights_note, source_model, subset, val, test, (images, masks, meta), seed=seed, fold=k,
+                            fraction=fraction, verbose=verbose)
+                        log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
+                            f"{time.time() - start:.0f}s")
+                    repeat_rows.append(row)
+            summary.append(aggregate_folds(repeat_rows, MEASURES))
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
@@ -249,11 +281,23 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     model.save(os.path.join(run_dir, "model.keras"))
-    cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test])
+    e = cfg["evaluation"]
+    full = []
+    cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], threshold=e["threshold"],
+                                   tta=e["tta"], full_size=full)
     write_csv(os.path.join(run_dir, "metrics.csv"), cases)
-    learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
-    overlays(images[test][:8], masks[test][:8], labels[:8], os.path.join(run_dir, "figures", "overlays.png"),
+    figures = os.path.join(run_dir, "figures")
+    learning_curves(history, os.path.join(figures, "learning_curves.png"), name)
+    overlays(images[test][:8], masks[test][:8], labels[:8], os.path.join(figures, "overlays.png"),
              [c["case"] for c in cases[:8]])
+    if full:  # HC18 at the scan's own size: the worst cases and the agreement of HC
+        worst = np.argsort([c["dice_full"] for c in cases])[:8]
+        overlays([read_image(meta[test[i]]["image"], channels=1) for i in worst],
+                 [read_filled_annotation(meta[test[i]]["annotation"]) for i in worst], [full[i] for i in worst],
+                 os.path.join(figures, "worst_cases.png"),
+                 [f"{cases[i]['case']} (ADF {cases[i]['adf_mm']:.1f} mm)" for i in worst])
+        bland_altman([c["hc_pred_mm"] for c in cases], [c["hc_true_mm"] for c in cases],
+                     os.path.join(figures, "bland_altman_hc.png"), f"{name}: HC on {len(cases)} test images")
     row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test))
     finish_run(run_dir, row, name)
     return row
@@ -261,24 +305,34 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
-    paper_dice = paper.get("dice", {})
-    scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
-    unit = "%" if scale > 1 else "fraction"
-    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. Dice, mIoU and pixel accuracy "
-             f"as a {unit}; HC MAE in mm.", "",
+    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. {UNITS}. Measures at the model's "
+             "input size; HC error from the probabilities resized to the scan's own size.", "",
              "| run | fraction | trainable params | Dice (ours) | Dice (paper) | mIoU | pixel acc. | HC MAE (mm) | epochs | test cases | initial weights |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    digits = 2 if scale > 1 else 3
     for r in rows:
-        sd = f" ± {fmt(r['dice_sd'], scale, digits)}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
-        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'], scale, digits)}{sd} | "
-                     f"{paper_dice.get(r['run'], '—')} | {fmt(r['miou'], scale, digits)} | "
-                     f"{fmt(r['pixel_accuracy'], scale, digits)} | {fmt(r['hc_abs_error_mm'], 1, 2)} | "
-                     f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
+        sd = f" ± {fmt(r['dice_sd'])}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
+        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | "
+                     f"{paper_value(paper, r['run'])} | {fmt(r['miou'])} | {fmt(r['pixel_accuracy'])} | "
+                     f"{fmt(r['hc_abs_error_mm'], 1, 2)} | {r['epochs']} | {r['n_test']} | {r['weights']} |")
+    challenge = [r for r in rows if np.isfinite(r.get("adf_mm", float("nan")))]
+    if challenge:
+        tta = " with flip test-time augmentation" if cfg["evaluation"]["tta"] == "flip" else ""
+        lines += ["", f"HC18 challenge measures at the scan's own size{tta}: probabilities resized to the original "
+                  "size, thresholded, largest component, sub-pixel ellipse fit, CSV pixel size; mean ± sd over the "
+                  "test images (over seeds, for repeated runs).", "",
+                  "| run | fraction | DF (mm) | ADF (mm) | Dice | Hausdorff (mm) | test cases |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in challenge:
+            def ms(key, scale=1, digits=3):
+                sd = r.get(key + "_sd", float("nan"))
+                return fmt(r[key], scale, digits) + (f" ± {fmt(sd, scale, digits)}" if np.isfinite(sd) else "")
+            lines.append(f"| {r['run']} | {r['fraction']:g} | {ms('df_mm', 1, 2)} | {ms('adf_mm', 1, 2)} | "
+                         f"{ms('dice_full')} | {ms('hausdorff_mm', 1, 2)} | {r['n_test']} |")
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)
-    dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), paper=paper.get("dice"),
-                   title=f"{cfg['name']} ({cfg['profile']})", scale=scale)
+    dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), title=f"{cfg['name']} ({cfg['profile']})",
+                   paper={k: v / (100.0 if paper.get("dice_scale") == "percent" else 1.0)
+                          for k, v in (paper.get("dice") or {}).items() if isinstance(v, (int, float))})

@@ -137,6 +137,18 @@ def fmt(value, scale=1.0, digits=3):
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value * scale:.{digits}f}"
 
 
+UNITS = "Dice, mIoU, pixel accuracy and NSD are fractions (0–1) in every table tlunet writes; distances in mm"
+
+
+def paper_value(paper, run, key="dice"):
+    """The paper's `key` for `run` as a fraction (0–1) for a table, whatever `paper.dice_scale` it was
+    written in, or "—"."""
+    value = (paper.get(key) or {}).get(run)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "—" if value is None else str(value)
+    return fmt(value / (100.0 if paper.get("dice_scale") == "percent" else 1.0))
+
+
 def write_tables(exp_dir, lines, rows, log=print):
     """Writes an experiment's summary.md (the table `lines`) and summary.csv (`rows`) and logs it."""
     with open(os.path.join(exp_dir, "summary.md"), "w") as f:

@@ -21,7 +21,7 @@ from tlunet.resources import ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
-from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, run_stages
 from tlunet.transfer import TRANSFER_METHODS
@@ -244,16 +244,14 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
-    scale = 100.0 if paper.get("dice_scale") == "percent" else 1.0
-    digits = 1 if scale > 1 else 3
-    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}.", "",
+    lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. {UNITS}.", "",
              f"| run | transfer | trainable params | Dice (ours) | Dice (paper) | NSD@{cfg['inference']['nsd_tolerance_mm']:g} mm "
              "| HD95 (mm) | epochs | train (per fold) / test cases (all folds) | folds | initial weights |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        sd = f" ± {fmt(r['dice_sd'], scale, digits)}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
-        lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {fmt(r['dice'], scale, digits)}{sd} | "
-                     f"{(paper.get('dice') or {}).get(r['run'], '—')} | {fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
+        sd = f" ± {fmt(r['dice_sd'])}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
+        lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | "
+                     f"{paper_value(paper, r['run'])} | {fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
