@@ -1,4 +1,6 @@
-"""Segmentation measures against medpy (an independent implementation) and brute force."""
+"""Segmentation measures against medpy (an independent implementation) and brute force; the
+boundary-voxel (`*_voxels`) distances are medpy's definition. The surface-element measures are
+compared with DeepMind's surface-distance in test_evaluation_surface.py."""
 
 import numpy as np
 import pytest
@@ -26,13 +28,13 @@ def test_against_medpy(seed, shape, spacing):
     a, b = _random_mask(rng, shape), _random_mask(rng, shape)
     assert ev.dice(a, b) == pytest.approx(medpy.dc(a, b))
     assert ev.iou(a, b) == pytest.approx(medpy.jc(a, b))
-    assert ev.hausdorff(a, b, spacing) == pytest.approx(medpy.hd(a, b, spacing))
-    assert ev.hd95(a, b, spacing) == pytest.approx(medpy.hd95(a, b, spacing))
-    assert ev.assd(a, b, spacing) == pytest.approx(medpy.assd(a, b, spacing))
+    assert ev.hausdorff_voxels(a, b, spacing) == pytest.approx(medpy.hd(a, b, spacing))
+    assert ev.hd95_voxels(a, b, spacing) == pytest.approx(medpy.hd95(a, b, spacing))
+    assert ev.assd_voxels(a, b, spacing) == pytest.approx(medpy.assd(a, b, spacing))
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_nsd_matches_brute_force(seed):
+def test_voxel_nsd_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     a, b = _random_mask(rng, (30, 36)), _random_mask(rng, (30, 36))
     spacing = (0.5, 1.2)
@@ -41,8 +43,8 @@ def test_nsd_matches_brute_force(seed):
     d = cdist(ba, bb)
     for tol in (0.5, 1.0, 2.5):
         expected = ((d.min(1) <= tol).sum() + (d.min(0) <= tol).sum()) / (len(ba) + len(bb))
-        assert ev.normalized_surface_dice(a, b, tol, spacing) == pytest.approx(expected)
-        assert ev.hausdorff(a, b, spacing) == pytest.approx(max(d.min(1).max(), d.min(0).max()))
+        assert ev.normalized_surface_dice_voxels(a, b, tol, spacing) == pytest.approx(expected)
+        assert ev.hausdorff_voxels(a, b, spacing) == pytest.approx(max(d.min(1).max(), d.min(0).max()))
 
 
 def test_empty_mask_conventions():

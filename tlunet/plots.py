@@ -133,3 +133,24 @@ def bland_altman(predicted, reference, path, title="", unit="mm", what="HC"):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def dice_vs_fraction(rows, path, title="", paper=None):
+    """Mean Dice against the fraction of the training set, one line per run with the sd (over seeds
+    or folds) as error bars; `paper`: {run: {fraction: dice}} drawn as hollow markers."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    for i, run in enumerate(runs):
+        points = sorted((r["fraction"], r["dice"], r.get("dice_sd", float("nan"))) for r in rows if r["run"] == run)
+        x, y, sd = (np.array(v, float) for v in zip(*points))
+        ax.errorbar(x * 100, y, yerr=np.where(np.isfinite(sd), sd, 0), marker="o", capsize=3, label=run, color=f"C{i}")
+        for fraction, value in ((paper or {}).get(run) or {}).items():
+            ax.scatter(float(fraction) * 100, value, facecolors="none", edgecolors=f"C{i}")
+    ax.set_xlabel("training images used (% of the training split)")
+    ax.set_ylabel("Dice (0-1), mean ± sd")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -22,7 +22,7 @@ from tlunet.data.download import download_hc18
 from tlunet.data.hc18 import read_filled_annotation
 from tlunet.data.io import read_image
 from tlunet.data.phantoms import lung_ultrasound
-from tlunet.plots import bland_altman, dice_vs_params, learning_curves, overlays
+from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
@@ -248,7 +248,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                         row = _train_and_evaluate(
                             cfg, spec, name, os.path.join(exp_dir, name), f"[{count}/{total}] {name}", weights,
                             weights_note, source_model, subset, val, test, (images, masks, meta), seed=seed, fold=k,
-                            fraction=fraction, verbose=verbose)
+                            fraction=fraction, verbose=verbose, repeat_seed=s)
                         log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
                             f"{time.time() - start:.0f}s")
                     repeat_rows.append(row)
@@ -259,7 +259,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
 
 
 def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, source_model, train, val, test,
-                        arrays, seed, fold, fraction, verbose):
+                        arrays, seed, fold, fraction, verbose, repeat_seed=None):
     """One run: build, train through its stages, evaluate on `test`, write the run folder; its row."""
     images, masks, meta = arrays
     t = cfg["training"]
@@ -298,7 +298,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                  [f"{cases[i]['case']} (ADF {cases[i]['adf_mm']:.1f} mm)" for i in worst])
         bland_altman([c["hc_pred_mm"] for c in cases], [c["hc_true_mm"] for c in cases],
                      os.path.join(figures, "bland_altman_hc.png"), f"{name}: HC on {len(cases)} test images")
-    row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test))
+    row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test),
+                      **({"seed": repeat_seed} if repeat_seed is not None else {}))
     finish_run(run_dir, row, name)
     return row
 
@@ -336,3 +337,7 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), title=f"{cfg['name']} ({cfg['profile']})",
                    paper={k: v / (100.0 if paper.get("dice_scale") == "percent" else 1.0)
                           for k, v in (paper.get("dice") or {}).items() if isinstance(v, (int, float))})
+    if len(cfg["sweep"]["fractions"]) > 1:
+        repeats = "seeds" if cfg["sweep"]["seeds"] else "folds" if cfg["sweep"]["folds"] else None
+        dice_vs_fraction(rows, os.path.join(exp_dir, "dice_vs_fraction.png"),
+                         f"{cfg['name']} ({cfg['profile']})" + (f": mean ± sd over {repeats}" if repeats else ""))

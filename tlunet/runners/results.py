@@ -110,7 +110,7 @@ def mean_sd(rows, key):
 
 
 def aggregate_folds(rows, keys):
-    """One summary row from the rows of a run's folds: the mean of each of `keys` (finite values),
+    """One summary row from the rows of a run's folds (and seeds, each fold's test cases counted once): the mean of each of `keys` (finite values),
     with the spread over folds as `key_sd` when there are several (with one fold `key_sd` stays the
     spread over its test cases); test cases are summed over folds, training cases and epochs
     averaged per fold, and differing initial weights listed."""
@@ -121,14 +121,17 @@ def aggregate_folds(rows, keys):
         if len(rows) > 1:
             out[key + "_sd"] = sd
     if len(rows) > 1:
-        for key in [k for k in out if k.startswith("n_test")]:  # every fold's test cases
-            out[key] = int(sum(r[key] for r in rows))
+        for key in [k for k in out if k.startswith("n_test")]:  # every fold's test cases (once over seeds)
+            out[key] = int(sum({r.get("fold", 0): r[key] for r in rows}.values()))
         for key in [k for k in out if k.startswith(("n_train", "n_val")) or k == "epochs"]:  # per fold
             out[key] = round(float(np.mean([r[key] for r in rows])), 1)
         if "weights" in out:
             out["weights"] = "; ".join(dict.fromkeys(str(r["weights"]) for r in rows))
-    out["folds"] = len(rows)
+    out["folds"] = len({r.get("fold", 0) for r in rows})
+    if any("seed" in r for r in rows):
+        out["seeds"] = len({r.get("seed") for r in rows})
     out.pop("fold", None)
+    out.pop("seed", None)
     return out
 
 
