@@ -19,10 +19,23 @@ LAYOUTS = {
 
 
 def list_files(folder, suffixes):
-    """Sorted names of the files in `folder` ending in one of `suffixes` (hidden files skipped)."""
+    """Sorted names of the files in `folder` ending in one of `suffixes` (hidden files skipped).
+
+    Raises:
+        DataError: `folder` is missing, or an entry named like one of these files is a directory
+            (`scan.png/`) or not a regular file (a broken link): listing it would fail later,
+            skipping it would drop data silently.
+    """
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: folder not found")
-    return sorted(f for f in os.listdir(folder) if f.lower().endswith(suffixes) and not f.startswith("."))
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(suffixes) and not f.startswith("."))
+    for f in names:
+        path = os.path.join(folder, f)
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a directory, not an image (rename or move it out of {folder})")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: is not a regular file (a broken link?); fix or remove it")
+    return names
 
 
 def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classes=None):
@@ -100,6 +113,8 @@ def read_frames(path, every=1, max_frames=None, channels=1):
     """
     mode = {1: "L", 3: "RGB"}[channels]
     ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not an image or video")
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     try:

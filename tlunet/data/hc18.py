@@ -15,7 +15,8 @@ import numpy as np
 from skimage import draw
 
 from tlunet.biometry import fit_ellipse
-from tlunet.data.io import DataError, read_image, read_mask
+from tlunet.data.io import (IMAGE_SUFFIXES, DataError, check_plain_name, check_row_fields, positive_number,
+                            read_image, read_mask)
 from tlunet.data.pipeline import SegmentationSet
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
@@ -44,9 +45,15 @@ def subject_of(filename):
 def find_hc18(root):
     """Lists the HC18 records under `root` (the folder holding `training_set/` and the CSV).
 
+    The CSV drives: one record per row, in the CSV's order. Every image in `training_set/` must
+    have exactly one row (annotation files `*_Annotation.png` are not images; other files, e.g.
+    notes, are ignored).
+
     Raises:
-        DataError: missing folder or CSV, a CSV row whose image or annotation is missing, a bad
-            number in the CSV.
+        DataError: missing folder or CSV, missing columns, a row whose image or annotation is
+            missing, a file name that is not a plain name inside `training_set/`, a bad number
+            (not a number, a decimal comma, <= 0, NaN or infinite), two rows for one file, an
+            image without a row.
     """
     csv_path = os.path.join(root, CSV_NAME)
     folder = os.path.join(root, "training_set")
@@ -54,24 +61,47 @@ def find_hc18(root):
         raise DataError(f"{root}: no training_set/ folder (expected the official HC18 layout)")
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: file not found (pixel sizes and HC come from it)")
-    records = []
+    records, line_of = [], {}
     with open(csv_path, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                name = row["filename"]
-                pixel_size = float(row["pixel size(mm)"])
-                hc = float(row["head circumference (mm)"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{csv_path}, line {line}: unreadable row {row} ({e})") from e
+        reader = csv.DictReader(f)
+        missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
+        for row in reader:
+            line = reader.line_num
+            check_row_fields(row, len(reader.fieldnames), csv_path, line)
+            name = row["filename"]
+            where = f"{csv_path}, line {line}"
+            check_plain_name(name, where, folder)
+            if name in line_of:
+                raise DataError(f"{csv_path}: {name!r} has two rows, lines {line_of[name]} and {line}")
+            line_of[name] = line
+            pixel_size = positive_number(row["pixel size(mm)"], f"{where}: pixel size(mm)")
+            hc = positive_number(row["head circumference (mm)"], f"{where}: head circumference (mm)")
+            if not _NAME_RE.match(name):
+                raise DataError(f"{where}: {name!r} is not an HC18 image name (expected NNN_HC.png or "
+                                "NNN_kHC.png)")
             image = os.path.join(folder, name)
-            annotation = image.replace(".png", "_Annotation.png")
+            annotation = os.path.join(folder, name[:-len(".png")] + "_Annotation.png")
             for path, what in ((image, "image"), (annotation, "annotation")):
+                if os.path.isdir(path):
+                    raise DataError(f"{where}: the {what} {path} is a directory, not an image")
                 if not os.path.isfile(path):
-                    raise DataError(f"{csv_path}, line {line}: the {what} {path} does not exist")
+                    raise DataError(f"{where}: the {what} {path} does not exist")
             records.append(HC18Record(image, annotation, pixel_size, hc, subject_of(name)))
     if not records:
         raise DataError(f"{csv_path}: no rows")
+    unlisted = sorted(f for f in os.listdir(folder)
+                      if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
+                      and not f[:f.rindex(".")].endswith("_Annotation") and f not in line_of)
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+        raise DataError(f"{csv_path}: {len(unlisted)} image(s) in {folder} have no row: {shown} "
+                        "(add their rows, or move them out of training_set/)")
     return records
+
+
+_COLUMNS = ("filename", "pixel size(mm)", "head circumference (mm)")
 
 
 def fill_annotation(outline, path="annotation"):

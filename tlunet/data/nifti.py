@@ -27,7 +27,7 @@ def resample(volume, spacing, target_spacing, order):
     return ndimage.zoom(volume, factors, order=order, mode="nearest", grid_mode=False)
 
 
-def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spacing=None):
+def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spacing=None, num_classes=None):
     """Loads a CT volume (and its mask) in canonical (RAS) orientation as (D, H, W) = (z, y, x).
 
     Args:
@@ -35,12 +35,15 @@ def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spaci
         mask_path: optional label volume of the same grid.
         window: HU window mapped to [0, 1]; None keeps raw values (float32).
         target_spacing: (z, y, x) spacing in mm to resample to, or None.
+        num_classes: labels must be < num_classes; None checks only that they are integers in
+            0..255 (what uint8 holds).
 
     Returns:
         dict with "image" float32 (D, H, W), "mask" uint8 (D, H, W) or None, "spacing" (z, y, x).
 
     Raises:
-        DataError: unreadable file, NaN/inf voxels, image and mask on different grids.
+        DataError: unreadable file, NaN/inf voxels, image and mask on different grids, mask labels
+            that are negative, not integers, or out of range.
     """
     def read(path):
         if not os.path.isfile(path):
@@ -66,7 +69,7 @@ def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spaci
         if mask.shape != image.shape or not np.allclose(affine, mask_affine, atol=1e-3):
             raise DataError(f"{image_path} {image.shape} and its mask {mask_path} {mask.shape} are not "
                             "on the same voxel grid")
-        mask = np.rint(mask).astype(np.uint8)
+        mask = check_labels(mask, mask_path, num_classes)
     if window is not None:
         image = hu_window(image, window)
     if target_spacing is not None:
@@ -75,6 +78,24 @@ def load_nifti(image_path, mask_path=None, window=(-1250.0, 250.0), target_spaci
             mask = resample(mask, spacing, target_spacing, order=0).astype(np.uint8)
         spacing = tuple(float(s) for s in target_spacing)
     return {"image": image, "mask": mask, "spacing": spacing}
+
+
+def check_labels(mask, path, num_classes=None):
+    """`mask` (float voxels) as uint8 labels, or `DataError` naming `path` and the offending values:
+    negative, non-integer (beyond float rounding: 1e-3) or >= num_classes (default 256, the uint8
+    range) labels would otherwise wrap or be rounded into other classes silently."""
+    limit = 256 if num_classes is None else int(num_classes)
+    labels = np.rint(mask)
+    problems = [("negative labels", mask < 0), ("non-integer labels", np.abs(mask - labels) > 1e-3),
+                (f"labels out of range for num_classes={num_classes}" if num_classes is not None
+                 else "labels above 255 (the uint8 range)", labels >= limit)]
+    for what, bad in problems:
+        if bad.any():
+            values = np.unique(mask[bad])
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise DataError(f"{path}: {int(bad.sum())} voxels have {what} ({shown}); a label volume "
+                            f"holds integer classes 0..{limit - 1}")
+    return labels.astype(np.uint8)
 
 
 NIFTI_LAYOUTS = {
