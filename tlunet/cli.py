@@ -16,7 +16,7 @@ from tlunet.resources import list_experiments
 from tlunet.runners import config_from_dict, load_config, parse_overrides, run_experiment
 from tlunet.runners.config import merge, with_weights_file
 from tlunet.runners.image import evaluate_cases, load_data
-from tlunet.runners.results import write_csv
+from tlunet.runners.results import FolderInUse, write_csv
 from tlunet.train import get_distribution_strategy
 
 
@@ -155,7 +155,10 @@ def _cmd_predict(args):
 
 def _cmd_export(args):
     path = export_savedmodel(_load_model(args.model), args.output, size=args.size)
-    print(f"SavedModel written to {path} (endpoints: serve = uint8 any size; serve_model = float32)")
+    print(f"SavedModel written to {path}. Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
+          "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
+          "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
+          "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
     return 0
 
 
@@ -239,7 +242,7 @@ def build_parser():
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="SavedModel taking uint8 images of any size")
+    p = sub.add_parser("export", help="SavedModel taking uint8 or float32 [0, 1] images of any size")
     p.add_argument("model", help="a .keras file")
     p.add_argument("output", help="SavedModel directory (must not exist)")
     p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
@@ -254,7 +257,7 @@ def main(argv=None):
         quiet_tensorflow()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # DataError/ConfigError included
+    except (ValueError, OSError, FolderInUse) as e:  # DataError/ConfigError; missing, unwritable or full disks
         print(f"tlunet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -98,6 +98,9 @@ def _check_weights_arg(weights, spec):
         raise ValueError("`encoder_weights` must be None, 'imagenet' or a path to a weights file. "
                          f"Received: encoder_weights={weights!r}")
     path = os.fspath(weights)
+    if os.path.isdir(path):
+        raise ValueError(f"encoder_weights {path!r} is a directory; give the weights file itself "
+                         f"(e.g. {spec.imagenet_file!r})")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"encoder_weights file not found: {path!r}. For offline use, download "
@@ -123,6 +126,10 @@ def _application(spec, input_shape, weights):
         if skipped:
             # Keras loaded the file only in part; a half-pretrained encoder must not pass silently.
             raise ValueError(f"some layers were not found in the file ({skipped[0]})")
+        if weights is not None:
+            bad = [w.path for w in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+            if bad:
+                raise ValueError(f"it holds NaN or inf values in {len(bad)} variables, e.g. {bad[:3]}")
         return model
     except Exception as e:  # noqa: BLE001 - re-raised with the file and the remedy named
         if weights == "imagenet":

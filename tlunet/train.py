@@ -6,9 +6,13 @@ last completed epoch (weights, optimizer state and epoch counter come back from
 `keras.callbacks.BackupAndRestore`); a multi-stage run also skips the stages already finished.
 """
 
+import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -71,17 +75,208 @@ def compile_model(model, loss="bce_dice", learning_rate=1e-3, optimizer="adam", 
     return model
 
 
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write, needed=0):
+    """Writes `path` through `write(tmp_path)` into a temporary name beside it, fsyncs, and renames it
+    into place, so `path` is always either the old file or the complete new one — never half of one.
+
+    Args:
+        needed: bytes the file will take about; a disk with less free space gives an `OSError`
+            naming the folder before anything is written (HDF5 can crash the process on a full disk).
+
+    Raises:
+        OSError: naming `path`, when the disk is full or the folder is not writable.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    base, ext = os.path.basename(path), ""
+    for suffix in (".weights.h5", ".keras", ".json", ".csv", ".npz"):
+        if base.endswith(suffix):
+            base, ext = base[:-len(suffix)], suffix
+            break
+    tmp = os.path.join(folder, f".{base}.partial{ext}")
+    free = _free_bytes(folder)
+    if needed and free < 1.5 * needed:
+        raise OSError(errno.ENOSPC, f"{folder}: not enough free disk space to write {os.path.basename(path)} "
+                      f"({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed)")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(e.errno, f"{path}: could not be written ({e.strerror or e})") from e
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        _fsync(folder)
+    return path
+
+
+def _dump_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _free_bytes(folder):
+    return shutil.disk_usage(folder).free
+
+
+def _weights_bytes(model):
+    """About what a weights file of `model` takes, with its optimizer's slots."""
+    variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Crash-safe training state of one run folder; resumes a killed run where it stopped.
+
+    Replaces Keras' BackupAndRestore + ModelCheckpoint + CSVLogger + EarlyStopping with one writer
+    whose every file is written atomically (`atomic_write`):
+
+    - `backup/epochNNNN.weights.h5`: weights and optimizer state after each epoch; the latest and
+      the one before it are kept.
+    - `backup/state.json`: the epochs done, which weights file holds them (and the previous one), the
+      history so far, and the best-epoch and early-stopping bookkeeping. It is renamed into place
+      last, so it only ever names complete files.
+    - `history.csv`: one row per finished epoch, rewritten from the state — never a duplicated or
+      missing epoch after a crash.
+    - `best.keras` (+ `backup/best.weights.h5`): the model of the best epoch by `monitor`; a resumed
+      run keeps comparing against the best before the crash.
+
+    A weights file that cannot be read on resume (disk trouble) falls back to the previous epoch's,
+    with a warning naming it. With `patience`, training stops after that many epochs without
+    improvement; with `restore_best`, the best epoch's weights are put back at the end.
+    """
+
+    def __init__(self, run_dir, monitor="val_dice", mode="max", patience=None, restore_best=False):
+        super().__init__()
+        self.run_dir, self.monitor, self.mode = run_dir, monitor, mode
+        self.patience, self.restore_best = patience, restore_best
+        self.backup = os.path.join(run_dir, "backup")
+        self.state_path = os.path.join(self.backup, "state.json")
+
+    # ------------------------------------------------------------------ state on disk
+    def _read_state(self):
+        if not os.path.isfile(self.state_path):
+            return None
+        try:
+            with open(self.state_path) as f:
+                state = json.load(f)
+            state["epoch"], state["history"]  # noqa: B018 - the keys a state must have
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise OSError(f"{self.state_path}: unreadable resume state ({e}); delete {self.backup} "
+                          "to train this run from the start") from e
+        return state
+
+    def _load(self, state):
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        candidates = [(state["epoch"], state.get("weights"))] + \
+            ([(state["previous"]["epoch"], state["previous"]["weights"])] if state.get("previous") else [])
+        for i, (epoch, name) in enumerate(candidates):
+            path = os.path.join(self.backup, name)
+            try:
+                self.model.load_weights(path)
+            except (OSError, ValueError) as e:
+                if i + 1 < len(candidates):
+                    warnings.warn(f"{path} cannot be read ({type(e).__name__}: {e}); resuming from the epoch "
+                                  f"before it ({candidates[i + 1][1]})", stacklevel=2)
+                    continue
+                raise OSError(f"{path}: cannot be read to resume this run ({e}); delete {self.backup} to train "
+                              "it from the start") from e
+            return epoch
+        return 0
+
+    def _write_history(self):
+        rows = self.history_rows
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                if rows:
+                    writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+                    writer.writeheader()
+                    writer.writerows(rows)
+        atomic_write(os.path.join(self.run_dir, "history.csv"), write)
+
+    # ------------------------------------------------------------------ callback
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup, exist_ok=True)
+        for folder in (self.run_dir, self.backup):  # temporary files of a write that was killed
+            for name in os.listdir(folder):
+                if name.startswith(".") and ".partial" in name:
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(folder, name))
+        state = self._read_state()
+        self.epoch, self.history_rows, self.best, self.best_epoch, self.wait = 0, [], None, None, 0
+        self.current, self.previous = None, None
+        self.best_weights = None
+        if state is not None:
+            self.epoch = self._load(state)
+            if self.epoch != state["epoch"]:  # fell back to the previous epoch's weights
+                self.current = dict(state["previous"])
+            else:
+                self.current = {"epoch": state["epoch"], "weights": state["weights"]}
+                self.previous = state.get("previous")
+            self.history_rows = [r for r in state["history"] if r["epoch"] < self.epoch]
+            self.best, self.best_epoch, self.wait = state.get("best"), state.get("best_epoch"), state.get("wait", 0)
+            if self.best_epoch is not None and self.best_epoch >= self.epoch:  # best came after the fallback point
+                self.best, self.best_epoch, self.wait = None, None, 0
+            self.model._initial_epoch = self.epoch  # what keras.callbacks.BackupAndRestore sets, too
+        self._write_history()
+
+    def _improved(self, value):
+        if value is None or not np.isfinite(value):
+            return False
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        value = logs.get(self.monitor)
+        value = float(value) if value is not None else None
+        size = _weights_bytes(self.model)
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            atomic_write(os.path.join(self.run_dir, "best.keras"), self.model.save, needed=size)
+            if self.restore_best:
+                self.best_weights = self.model.get_weights()
+                atomic_write(os.path.join(self.backup, "best.weights.h5"), self.model.save_weights, needed=size)
+        else:
+            self.wait += 1
+        name = f"epoch{epoch + 1:04d}.weights.h5"
+        atomic_write(os.path.join(self.backup, name), self.model.save_weights, needed=size)
+        self.history_rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        stale, self.previous, self.current = self.previous, self.current, {"epoch": epoch + 1, "weights": name}
+        state = {"epoch": epoch + 1, "weights": name, "previous": self.previous, "history": self.history_rows,
+                 "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "monitor": self.monitor}
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+        atomic_write(self.state_path, write)
+        self._write_history()
+        if stale and stale["weights"] not in (name, (self.previous or {}).get("weights")):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.backup, stale["weights"]))
+        if self.patience and self.wait >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best and self.best_epoch is not None:
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+            else:  # best epoch came before a resume: its weights are on disk
+                self.model.load_weights(os.path.join(self.backup, "best.weights.h5"))
+
+
 def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
     os.makedirs(run_dir, exist_ok=True)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor=monitor,
-                                        mode=mode, save_best_only=True),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-    ]
-    if patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
-                                                       restore_best_weights=True))
+    callbacks = [RunCheckpoint(run_dir, monitor, mode, patience=patience, restore_best=bool(patience))]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")))
     return callbacks + list(extra or [])
@@ -161,10 +356,12 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile)
         history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"], **fit_kwargs)
-        np.savez(weights, **{f"w{k}": w for k, w in enumerate(model.get_weights())})
+        values = model.get_weights()
+        atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
+                     needed=sum(w.nbytes for w in values))
         result = {"name": name, "strategy": stage["strategy"], "trainable_params": trainable_params(model),
                   "epochs_run": len(next(iter(history.values()), [])), "history": history}
-        with open(done, "w") as f:
-            json.dump(result, f)
+        atomic_write(done, lambda tmp: _dump_json(result, tmp))
+        shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # the stage's final weights are kept
         results.append(result)
     return results

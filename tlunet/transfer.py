@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 import keras
+import numpy as np
 
 from tlunet.models.unet import build_hybrid_unet3d, build_unet
 from tlunet.selection import check_selectors, group_of, iter_layers, matches
@@ -49,7 +50,8 @@ def _index(model, match, rename=None):
     return index
 
 
-def transfer_weights(src, dst, *, include=None, exclude=(), match="path", rename=None, strict=False):
+def transfer_weights(src, dst, *, include=None, exclude=(), match="path", rename=None, strict=False,
+                     allow_empty=False):
     """Copies weights from `src` into `dst` for layers matched by name whose weight shapes agree.
 
     Args:
@@ -61,9 +63,15 @@ def transfer_weights(src, dst, *, include=None, exclude=(), match="path", rename
             name only, e.g. to fill a U-Net's nested encoder from a bare keras.applications model.
         rename: dict or function mapping a source key to the destination key it should fill.
         strict: raise ValueError unless every in-scope `dst` layer was copied.
+        allow_empty: a transfer that copies no layer at all (names that do not match, e.g. a model
+            built under other layer names) raises ValueError unless this is True.
 
     Returns:
         `TransferReport`.
+
+    Raises:
+        ValueError: no layer copied (without `allow_empty`); a source layer holding NaN or inf (a
+            diverged source model); with `strict`, an in-scope layer not copied.
     """
     if match not in MATCH_MODES:
         raise ValueError(f"`match` must be one of {MATCH_MODES}. Received: match={match!r}")
@@ -87,9 +95,18 @@ def transfer_weights(src, dst, *, include=None, exclude=(), match="path", rename
         if src_shapes != dst_shapes:
             report.shape_mismatch.append((path, src_shapes, dst_shapes))
             continue
-        layer.set_weights(src_layer.get_weights())
+        values = src_layer.get_weights()
+        bad = [i for i, w in enumerate(values) if not np.all(np.isfinite(w))]
+        if bad:
+            raise ValueError(f"transfer_weights: source layer {sources[key][0]!r} of {src.name!r} holds NaN or inf "
+                             f"values (weights {bad}); a diverged source model cannot initialise {dst.name!r}")
+        layer.set_weights(values)
         report.copied.append(path)
     report.unused = [p for k, (p, _) in sources.items() if k not in used]
+    if not report.copied and not allow_empty:
+        raise ValueError(f"transfer_weights from {src.name!r} to {dst.name!r} copied no layer: {report}. Layer "
+                         f"names must match (match={match!r}); e.g. destination {report.missing[:3]}, source "
+                         f"{report.unused[:3]}. Pass allow_empty=True if an empty transfer is intended.")
     if strict and (report.missing or report.shape_mismatch):
         raise ValueError(f"transfer_weights(strict=True) from {src.name!r} to {dst.name!r}: {report}; "
                          f"missing {report.missing[:5]}, mismatched {[m[0] for m in report.shape_mismatch[:5]]}")

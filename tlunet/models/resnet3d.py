@@ -83,6 +83,8 @@ def read_state_dict(path):
     """Reads a torch `state_dict` as {key: numpy array} from a .pth/.pt file (needs torch) or from
     an .npz holding the same keys (no torch needed; see `save_state_dict_npz`)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"r3d_18 weights {path!r} is a directory; give the .pth/.npz file itself")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"r3d_18 weights file not found: {path!r}. torchvision's Kinetics-400 weights are "
@@ -91,8 +93,13 @@ def read_state_dict(path):
         raise ValueError(f"r3d_18 weights file {path!r} has an unsupported extension; expected one of "
                          f"{STATE_DICT_SUFFIXES} (a torch state_dict, or an .npz of its arrays).")
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path) as data:
+                return _finite({k: data[k] for k in data.files}, path)
+        except (OSError, ValueError, EOFError) as e:
+            if "NaN" in str(e):
+                raise
+            raise ValueError(f"r3d_18 weights file {path!r} is not a readable .npz ({type(e).__name__}: {e})") from e
     try:
         import torch
     except ImportError as e:
@@ -106,7 +113,14 @@ def read_state_dict(path):
                          f"{type(e).__name__}: {e}") from e
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+    return _finite({k: v.detach().cpu().numpy() for k, v in state.items()}, path)
+
+
+def _finite(state, path):
+    bad = [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"r3d_18 weights file {path!r} holds NaN or inf values in {len(bad)} arrays, e.g. {bad[:3]}")
+    return state
 
 
 def save_state_dict_npz(pth_path, npz_path):

@@ -14,9 +14,12 @@ Shared pieces: `tlunet.runners.config` (layering, key checks, paths, weights a r
 here with `config_from_dict` and `run`, added to `TASKS`).
 """
 
+import os
+
 from tlunet.resources import ConfigError, find_config, read_config
 from tlunet.runners import classification, image, volume
 from tlunet.runners.config import parse_overrides
+from tlunet.runners.results import release_folder
 
 TASKS = {"image": image, "volume": volume, "classification": classification}
 
@@ -47,7 +50,11 @@ def load_config(name_or_path, profile=None, overrides=None):
 def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     """Runs every run of a checked config into `out_dir/<name>/`; returns the summary rows. Finished
     runs (with `done.json`) are skipped, unfinished ones resume."""
-    return _task(cfg, cfg.get("_config_path", "config")).run(cfg, out_dir, verbose, log)
+    task = _task(cfg, cfg.get("_config_path", "config"))
+    try:
+        return task.run(cfg, out_dir, verbose, log)
+    finally:
+        release_folder(os.path.join(out_dir, cfg["name"]))
 
 
 __all__ = ["TASKS", "ConfigError", "config_from_dict", "load_config", "parse_overrides", "run_experiment"]

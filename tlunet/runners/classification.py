@@ -32,6 +32,7 @@ from tlunet.plots import confusion_matrix, learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_size, check_split,
+                                   check_split_sizes,
                                    resolve_path)
 from tlunet.runners.results import (cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
                                     write_csv, write_tables)
@@ -199,6 +200,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     d, t = cfg["data"], cfg["training"]
     frames, labels, groups, source = FRAME_KINDS[d["kind"]](cfg, d)
     train, val, test = stratified_split(labels, groups, d["split"], cfg["seed"])
+    check_split_sizes(cfg, [(train, val, test)], len(set(groups)))
     log(f"[{cfg['name']}] data: {source}; {len(train)}/{len(val)}/{len(test)} frames train/val/test, "
         "split by video")
     seg = {kind: train_segmentation(cfg, kind, exp_dir, verbose, log)
@@ -209,7 +211,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     summary = []
     for i, spec in enumerate(cfg["runs"]):
         run_dir = os.path.join(exp_dir, spec["name"])
-        row = read_done(run_dir)
+        row = read_done(run_dir, cfg, spec)
         if row is not None:
             log(f"[{cfg['name']}] {spec['name']}: done earlier, skipped")
         else:

@@ -61,12 +61,29 @@ def check_keys(cfg, path, top_keys, sections):
             raise ConfigError(f"{path}: unknown {where} keys {extra}; valid: {sorted(allowed)}")
     if not cfg.get("name"):
         raise ConfigError(f"{path}: missing `name`")
+    check_folder_name(path, "name", cfg["name"])
     runs = cfg.get("runs")
     if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"{path}: `runs` must be a non-empty list of runs ({{name: ..., ...}})")
+        raise ConfigError(f"{path}: `runs` must be a non-empty list of runs ({{name: ..., ...}}); got "
+                          f"{type(runs).__name__}")
     for run in runs:
         if not isinstance(run, dict) or not run.get("name"):
             raise ConfigError(f"{path}: every entry of `runs` needs a `name`; got {run!r}")
+        check_folder_name(path, f"run name", run["name"])
+    names = [str(r["name"]) for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: run names must differ (each is a folder); repeated: "
+                          f"{sorted({n for n in names if names.count(n) > 1})}")
+
+
+def check_folder_name(path, where, name):
+    """Experiment and run names become folders under --out: a plain name only, never one that
+    reaches outside it (`..`, a path separator, an absolute path)."""
+    text = str(name)
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or text.strip() in ("", ".", "..") or \
+            "/" in text or "\\" in text or "\0" in text or os.path.isabs(text) or text != text.strip():
+        raise ConfigError(f"{path}: {where} {name!r} must be a plain folder name (no '/', '\\' or '..', not "
+                          "absolute, no leading or trailing spaces): results are written to OUT/<name>/")
 
 
 def stages(cfg, run):
@@ -127,6 +144,19 @@ def check_split(path, where, value, parts=3):
             abs(sum(value) - 1) > 1e-6:
         raise ConfigError(f"{path}: {where} must be {parts} fractions >= 0 summing to 1 (train, validation, "
                           f"test). Received: {value!r}")
+
+
+def check_split_sizes(cfg, splits, subjects, where="data.split", validation=True):
+    """Stops before training when a split leaves a part empty: no training or test cases in a fold,
+    or no validation cases although the split asks for some."""
+    split = cfg["data"].get("split")
+    for k, parts in enumerate(splits):
+        for name, idx, wanted in zip(("training", "validation", "test"), parts,
+                                     (True, validation and (split is None or split[1] > 0), True)):
+            if wanted and len(idx) == 0:
+                fold = f" in fold {k}" if len(splits) > 1 else ""
+                raise ConfigError(f"{cfg['name']}: {where} {split!r} of {subjects} subjects leaves no {name} "
+                                  f"cases{fold}; give that part a larger fraction, or use more data")
 
 
 def check_pretrain(cfg, path, data_keys, training_keys):

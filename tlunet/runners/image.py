@@ -25,7 +25,7 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (apply_profile, check_split_sizes, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -84,6 +84,10 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                                                if "pretrain" in cfg else []):
         if "kind" in d and d["kind"] not in DATA_KINDS:
             raise ConfigError(f"{path}: {block}.kind {d['kind']!r} is not one of {sorted(DATA_KINDS)}")
+    for block, d in data_blocks(cfg).items():
+        if d["kind"] in ("hc18", "pairs") and "root" not in d:
+            raise ConfigError(f"{path}: {block}.root is missing: kind {d['kind']} reads a folder "
+                              f"(pass --data FOLDER or --set {block}.root=FOLDER)")
     for run in cfg["runs"]:
         if run.get("init") == "pretrain" and "pretrain" not in cfg:
             raise ConfigError(f"{path}: run {run.get('name')!r} has init: pretrain but no `pretrain` block")
@@ -223,6 +227,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     start = time.time()
     images, masks, meta, groups, source = load_data(cfg, cfg["data"])
     splits = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, cfg["sweep"]["folds"])
+    check_split_sizes(cfg, splits, len(set(groups)))
     seeds = cfg["sweep"]["seeds"] or [None]
     total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits) * len(seeds)
     log(f"[{cfg['name']}] profile {cfg['profile']}: {source}, {len(images)} images of {len(set(groups))} subjects at "
@@ -239,7 +244,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                     count += 1
                     name = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
                         (f"-fold{k}" if len(splits) > 1 else "") + (f"-seed{s}" if s is not None else "")
-                    row = read_done(os.path.join(exp_dir, name))
+                    row = read_done(os.path.join(exp_dir, name), cfg, spec)
                     if row is not None:
                         log(f"[{cfg['name']}] {name}: done earlier, skipped")
                     else:

@@ -6,9 +6,13 @@ from), `history.csv` (every stage's epochs, merged), per-case metrics, `summary.
 when the experiment is started again). results/<experiment>/summary.{md,csv} gather the rows.
 """
 
+import atexit
+import contextlib
 import csv
 import json
 import os
+import socket
+import time
 
 import keras
 import numpy as np
@@ -35,18 +39,131 @@ def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True
     if not ready:
         raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
     exp_dir = os.path.join(out_dir, cfg["name"])
-    os.makedirs(exp_dir, exist_ok=True)
+    try:
+        os.makedirs(exp_dir, exist_ok=True)
+        lock_folder(exp_dir)
+    except PermissionError as e:
+        raise PermissionError(f"--out {out_dir}: cannot write there ({e.strerror}); pick a writable folder") from None
     configure(cfg["seed"], cfg.get("deterministic", False), cfg.get("training", {}).get("mixed_precision"))
     return ready, skipped, exp_dir
 
 
-def read_done(run_dir):
-    """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished."""
+class FolderInUse(RuntimeError):
+    """Another live process is writing into the same run folder."""
+
+
+_LOCKS = {}
+
+
+def lock_folder(folder):
+    """Takes `folder/.tlunet.lock` (pid, host and start time) for this process, so no second run
+    writes into the same folder; released when the process exits. A lock whose process is gone
+    (same host, pid no longer alive) is stale and taken over.
+
+    Raises:
+        FolderInUse: naming the folder and the pid (and host) holding it.
+    """
+    folder = os.path.abspath(folder)
+    if folder in _LOCKS:
+        return _LOCKS[folder]
+    path = os.path.join(folder, ".tlunet.lock")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, host = {}, None, None  # unreadable: written by a process killed mid-write
+            if pid is not None and (host != me["host"] or _alive(pid)) and pid != me["pid"]:
+                where = "" if host == me["host"] else f" on host {host}"
+                raise FolderInUse(f"run folder {folder} is in use by pid {pid}{where} (since "
+                                  f"{holder.get('started', '?')}); wait for it to finish, or use another --out. "
+                                  f"If that process is gone, delete {path}.") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _LOCKS[folder] = path
+        atexit.register(_unlock, folder)
+        return path
+    raise FolderInUse(f"run folder {folder}: could not take {path}; another run may be starting there")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_folder(folder):
+    """Gives up this process's lock on `folder` (see `lock_folder`), if it holds one."""
+    _unlock(os.path.abspath(folder))
+
+
+def _unlock(folder):
+    path = _LOCKS.pop(folder, None)
+    if path:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+IGNORED_SETTINGS = ("profile", "paper", "description")  # change nothing a run computes
+
+
+def _flat(value, prefix=""):
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def changed_settings(run_dir, cfg, run):
+    """The settings (dotted keys, old -> new) in which `cfg` and `run` differ from what the run in
+    `run_dir` was made with (its config.yaml); empty if they agree or the folder has no config."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        saved = yaml.safe_load(f) or {}
+    current = json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}))
+    keys = [k for k in current if k not in IGNORED_SETTINGS]
+    old, new = _flat({k: saved.get(k) for k in keys}), _flat({k: current[k] for k in keys})
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def read_done(run_dir, cfg=None, run=None):
+    """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished.
+
+    With `cfg` and `run`, a run folder made with other settings is refused (ConfigError listing what
+    changed): a finished one is not reused as if it were this config's result, an unfinished one is
+    not resumed under new settings.
+    """
     done = os.path.join(run_dir, "done.json")
+    if cfg is not None:
+        changes = changed_settings(run_dir, cfg, run)
+        if changes:
+            shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+            what = "a finished run" if os.path.isfile(done) else "an unfinished run (it would resume)"
+            raise ConfigError(f"{run_dir} holds {what} made with other settings ({shown}). Its result would not "
+                              "be this config's: use another --out, or delete that folder to rerun it.")
     if not os.path.isfile(done):
         return None
-    with open(done) as f:
-        return json.load(f)
+    try:
+        with open(done) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{done}: unreadable ({e}); delete it to rerun that run") from e
 
 
 def start_run(run_dir, seed):

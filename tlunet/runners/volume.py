@@ -18,7 +18,7 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (check_split_sizes, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -184,6 +184,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     cases, source = load_volumes(cfg, cfg["data"])
     splits = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], folds=cfg["sweep"]["folds"],
                                train_on=cfg["sweep"]["train_on"], validation=False)
+    check_split_sizes(cfg, splits, len(cases), validation=False)
     log(f"[{cfg['name']}] data: {source}; patches {tuple(cfg['data']['patch_size'])}")
     source_model = pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
     summary = []
@@ -192,7 +193,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
         for k, (train, val, test) in enumerate(splits):
             name = spec["name"] + (f"-fold{k}" if len(splits) > 1 else "")
             run_dir = os.path.join(exp_dir, name)
-            row = read_done(run_dir)
+            row = read_done(run_dir, cfg, spec)
             if row is not None:
                 log(f"[{cfg['name']}] {name}: done earlier, skipped")
             else:

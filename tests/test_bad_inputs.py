@@ -1,0 +1,232 @@
+"""What tlunet refuses, and how: configs, run folders, weights and the CLI. Every case asserts the
+exact error type and that the message names the file, key or folder and the problem. (Bad data
+files — HC18 CSVs, masks, images, predict folders, the exported endpoint — are in
+tests/test_bad_inputs_data.py.)"""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import tlunet
+from tlunet.cli import main
+from tlunet.resources import ConfigError
+from tlunet.runners import config_from_dict, run_experiment
+from tlunet.runners.results import FolderInUse, lock_folder, release_folder
+
+TINY = {
+    "name": "tiny",
+    "data": {"kind": "lung_us_phantom", "n": 6, "phantom_size": [32, 32], "image_size": [32, 32],
+             "split": [0.5, 0.25, 0.25]},
+    "model": {"name": "unet", "filters": [4, 8, 16, 32, 64]},
+    "training": {"epochs": 1, "batch_size": 4},
+    "runs": [{"name": "all", "strategy": "all"}],
+}
+
+
+def _cfg(**changes):
+    raw = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            raw[section][sub] = value
+        elif value is None:
+            raw.pop(section)
+        else:
+            raw[section] = value
+    return raw
+
+
+# ------------------------------------------------------------------------------ configs
+BAD_CONFIGS = [
+    ("name escapes --out", {"name": "../../escaped"}, r"name '../../escaped' must be a plain folder name"),
+    ("absolute name", {"name": "/tmp/escaped"}, r"name '/tmp/escaped' must be a plain folder name"),
+    ("name with a separator", {"name": "a/b"}, r"name 'a/b' must be a plain folder name"),
+    ("run name escapes", {"runs": [{"name": "..", "strategy": "all"}]}, r"run name '\.\.' must be a plain folder"),
+    ("run name with a separator", {"runs": [{"name": "x/../../y"}]}, r"run name 'x/../../y' must be a plain"),
+    ("repeated run names", {"runs": [{"name": "a"}, {"name": "a"}]}, r"run names must differ.*\['a'\]"),
+    ("runs as a mapping", {"runs": {"all": {"strategy": "all"}}}, r"`runs` must be a non-empty list.*got dict"),
+    ("no runs", {"runs": []}, r"`runs` must be a non-empty list"),
+    ("epochs 0", {"training__epochs": 0}, r"training.epochs must be a whole number >= 1. Received: epochs=0"),
+    ("epochs negative", {"training__epochs": -3}, r"training.epochs must be a whole number >= 1"),
+    ("epochs not whole", {"training__epochs": 1.5}, r"training.epochs must be a whole number >= 1. Received: epochs=1.5"),
+    ("epochs as text", {"training__epochs": "10"}, r"training.epochs must be a whole number >= 1. Received: epochs='10'"),
+    ("batch size 0", {"training__batch_size": 0}, r"training.batch_size must be a whole number >= 1"),
+    ("learning rate 0", {"training__learning_rate": 0}, r"training.learning_rate must be a number > 0"),
+    ("split not summing to 1", {"data__split": [0.5, 0.5, 0.5]}, r"data.split must be 3 fractions >= 0 summing to 1"),
+    ("pairs without a root", {"data": {"kind": "pairs", "image_size": [32, 32]}},
+     r"data.root is missing: kind pairs reads a folder"),
+    ("unknown key", {"trainig": {}}, r"unknown keys \['trainig'\]"),
+    ("unknown tta", {"evaluation": {"tta": "rotate"}}, r"evaluation.tta must be one of \[None, 'flip'\]"),
+    ("threshold 1", {"evaluation": {"threshold": 1}}, r"evaluation.threshold must be a number in \(0, 1\)"),
+    ("seeds not a list", {"sweep": {"seeds": 3}}, r"sweep.seeds must be a list of distinct whole numbers"),
+]
+
+
+@pytest.mark.parametrize("raw,pattern", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_configs_are_refused_naming_the_file_and_key(raw, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        config_from_dict(_cfg(**raw), "/configs/bad.yaml")
+    assert str(info.value).startswith("/configs/bad.yaml: ")
+
+
+def test_a_config_that_is_a_list_names_the_file(tmp_path, capsys):
+    path = tmp_path / "list.yaml"
+    path.write_text("- name: a\n- name: b\n")
+    assert main(["experiment", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: an experiment config is a mapping of keys" in err and "holds a list" in err
+    assert "Traceback" not in err
+
+
+def test_a_split_that_leaves_no_test_cases_stops_before_training(tmp_path):
+    cfg = config_from_dict(_cfg(data__split=[0.5, 0.5, 0.0]), str(tmp_path / "c.yaml"))
+    with pytest.raises(ConfigError, match=r"tiny: data.split \[0.5, 0.5, 0.0\] of 6 subjects leaves no test cases"):
+        run_experiment(cfg, out_dir=str(tmp_path / "out"), log=lambda *a: None)
+    assert not (tmp_path / "out" / "tiny" / "all").exists()  # no run folder was started
+
+
+def test_a_split_that_rounds_validation_away_stops_before_training(tmp_path):
+    cfg = config_from_dict(_cfg(data__n=3, data__split=[0.6, 0.1, 0.3]), str(tmp_path / "c.yaml"))
+    with pytest.raises(ConfigError, match=r"of 3 subjects leaves no validation cases"):
+        run_experiment(cfg, out_dir=str(tmp_path / "out"), log=lambda *a: None)
+
+
+def test_cli_name_that_escapes_out_writes_nothing_outside(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    code = main(["train", "--model", "unet", "--data", str(data), "--out", "A/out", "--name", "../../escaped"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "name '../../escaped' must be a plain folder name" in err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "A").exists()
+
+
+# -------------------------------------------------------------------------- run folders
+@pytest.mark.slow
+def test_rerunning_a_finished_run_with_other_settings_is_refused(tmp_path):
+    out = str(tmp_path / "out")
+    run_experiment(config_from_dict(_cfg(), str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
+    changed = config_from_dict(_cfg(training__epochs=2), str(tmp_path / "c.yaml"))
+    with pytest.raises(ConfigError, match=r"out/tiny/all holds a finished run made with other settings "
+                                          r"\(training.epochs: 1 -> 2\)"):
+        run_experiment(changed, out_dir=out, log=lambda *a: None)
+    again = run_experiment(config_from_dict(_cfg(), str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
+    assert again[0]["run"] == "all"  # the same settings: the finished run is reused
+
+
+LOCK_HOLDER = textwrap.dedent('''
+    import sys, time
+    from tlunet.runners.results import lock_folder
+    lock_folder(sys.argv[1])
+    print("locked", flush=True)
+    time.sleep(120)
+''')
+
+
+def test_a_second_process_writing_into_the_same_run_folder_is_refused(tmp_path, capsys):
+    """A real second process holds the folder; the CLI run into it stops before any work."""
+    folder = tmp_path / "out" / "tiny"
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = tmp_path / "tiny.yaml"
+        config.write_text(json.dumps(TINY))  # JSON is YAML
+        assert main(["experiment", str(config), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"run folder {folder} is in use by pid {holder.pid}" in err
+        assert not (folder / "all").exists()  # nothing was started
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_folder(folder)  # its process is gone: the stale lock is taken over
+    release_folder(folder)
+    assert not (folder / ".tlunet.lock").exists()
+
+
+def test_a_lock_held_on_another_host_is_respected(tmp_path):
+    (tmp_path / ".tlunet.lock").write_text(json.dumps({"pid": 1, "host": "other-node", "started": "today"}))
+    with pytest.raises(FolderInUse, match=r"in use by pid 1 on host other-node .*delete .*\.tlunet\.lock"):
+        lock_folder(tmp_path)
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_stale(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".tlunet.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert lock_folder(tmp_path) == os.path.join(tmp_path, ".tlunet.lock")
+    assert json.loads((tmp_path / ".tlunet.lock").read_text())["pid"] == os.getpid()
+    release_folder(tmp_path)
+
+
+def test_an_unwritable_out_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "readonly"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the folder refuse as a read-only mount would
+        real = os.makedirs
+
+        def makedirs(path, *args, **kwargs):
+            if str(path).startswith(str(out)):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(os, "makedirs", makedirs)
+    else:
+        out.chmod(0o555)
+    assert main(["experiment", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tlunet experiment: error: --out {out}: cannot write there")
+    assert len(err.splitlines()) == 1
+
+
+# -------------------------------------------------------------------------------- weights
+def test_a_transfer_that_copies_nothing_is_an_error_unless_allowed():
+    src = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")], name="src")
+    dst = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="b")], name="dst")
+    with pytest.raises(ValueError, match=r"from 'src' to 'dst' copied no layer.*destination \['b'\].*source \['a'\]"):
+        tlunet.transfer_weights(src, dst)
+    assert tlunet.transfer_weights(src, dst, allow_empty=True).copied == []
+
+
+def test_a_diverged_source_model_is_refused_naming_the_layer():
+    src = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")], name="src")
+    dst = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")], name="dst")
+    src.get_layer("a").set_weights([np.full((4, 3), np.nan, "float32"), np.zeros(3, "float32")])
+    with pytest.raises(ValueError, match=r"source layer 'a' of 'src' holds NaN or inf values"):
+        tlunet.transfer_weights(src, dst)
+
+
+@pytest.mark.slow
+def test_an_encoder_weights_file_holding_nan_is_refused(tmp_path):
+    app = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    app.layers[1].set_weights([np.full(w.shape, np.nan, "float32") for w in app.layers[1].get_weights()])
+    path = tmp_path / "nan.weights.h5"
+    app.save_weights(path)
+    with pytest.raises(ValueError, match=rf"encoder_weights file '{path}' .*holds NaN or inf values"):
+        tlunet.build_model("mobilenetv2_unet", input_shape=(32, 32, 1), encoder_weights=str(path))
+
+
+def test_encoder_weights_pointing_at_a_directory_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=rf"encoder_weights '{tmp_path}' is a directory; give the weights file"):
+        tlunet.build_model("mobilenetv2_unet", input_shape=(32, 32, 1), encoder_weights=str(tmp_path))
+    from tlunet.models.resnet3d import read_state_dict
+    with pytest.raises(ValueError, match=rf"r3d_18 weights '{tmp_path}' is a directory"):
+        read_state_dict(tmp_path)
+
+
+def test_an_r3d18_npz_holding_nan_is_refused(tmp_path):
+    from tlunet.models.resnet3d import read_state_dict
+    path = tmp_path / "r3d.npz"
+    np.savez(path, **{"stem.0.weight": np.array([np.nan], "float32"), "fc.bias": np.zeros(2, "float32")})
+    with pytest.raises(ValueError, match=r"r3d.npz' holds NaN or inf values in 1 arrays, e.g. \['stem.0.weight'\]"):
+        read_state_dict(path)
