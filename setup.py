@@ -26,6 +26,7 @@ setup(
         "pyyaml",
         "tqdm",
         "tensorflow-datasets",
+        "tensorboard",  # training.tensorboard / --tensorboard (TensorFlow >= 2.21 no longer pulls it in)
     ],
     extras_require={
         # medpy: the independent implementation the boundary-voxel and Dice tests compare against.

@@ -66,6 +66,10 @@ BAD_CONFIGS = [
     ("unknown key", {"trainig": {}}, r"unknown keys \['trainig'\]"),
     ("unknown tta", {"evaluation": {"tta": "rotate"}}, r"evaluation.tta must be one of \[None, 'flip'\]"),
     ("threshold 1", {"evaluation": {"threshold": 1}}, r"evaluation.threshold must be a number in \(0, 1\)"),
+    ("unknown lr schedule", {"training__lr_schedule": "step"}, r"training.lr_schedule: lr_schedule must be one of"),
+    ("bad cosine option", {"training__lr_schedule": {"name": "cosine", "warmup_epochs": 1.5}},
+     r"training.lr_schedule: lr_schedule 'cosine': warmup_epochs must be a whole number >= 0"),
+    ("tensorboard not a flag", {"training__tensorboard": "yes"}, r"training.tensorboard must be true or false"),
     ("seeds not a list", {"sweep": {"seeds": 3}}, r"sweep.seeds must be a list of distinct whole numbers"),
 ]
 

@@ -175,3 +175,21 @@ def test_xla_training_step_matches_eager():
         results.append((float(np.ravel(loss)[0]), model.get_weights()[0]))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-4)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_lr_schedules_follow_their_formulas_and_are_recorded_per_epoch(tmp_path):
+    from tlunet.train import check_lr_schedule, lr_at
+    cosine = {"name": "cosine", "warmup_epochs": 2}
+    assert [round(lr_at(cosine, e, 6, 1.0), 4) for e in range(6)] == [0.3333, 0.6667, 1.0, 0.8536, 0.5, 0.1464]
+    assert lr_at("poly", 0, 10, 0.01) == 0.01 and lr_at("poly", 5, 10, 0.01) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert lr_at(None, 7, 10, 0.01) == 0.01
+    with pytest.raises(ValueError, match=r"lr_schedule 'cosine' has no options \['warmup'\]"):
+        check_lr_schedule({"name": "cosine", "warmup": 3})
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \['constant', 'cosine', 'poly', 'plateau'\]"):
+        check_lr_schedule("step")
+    x, y = _tiny_data()
+    ds = make_dataset(x, y, batch_size=4)
+    model = compile_model(tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64)),
+                          learning_rate=0.01)
+    history = fit(model, ds, ds, run_dir=str(tmp_path), epochs=3, verbose=0, lr_schedule="poly")
+    assert history["learning_rate"] == pytest.approx([0.01, 0.01 * (2 / 3) ** 0.9, 0.01 * (1 / 3) ** 0.9], rel=1e-5)

@@ -75,6 +75,8 @@ def _cmd_experiment(args):
         overrides["data"] = {"root": args.data if args.data == "download" else os.path.abspath(args.data)}
     if args.epochs:
         overrides["training"] = {"epochs": args.epochs}
+    if args.tensorboard:
+        overrides = merge(overrides, {"training": {"tensorboard": True}})
     overrides = merge(overrides, parse_overrides(args.set))
     cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
     if args.encoder_weights:
@@ -95,12 +97,13 @@ def _cmd_train(args):
         "model": {"name": args.model, "encoder_weights": args.encoder_weights},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,
-                     "jit_compile": args.xla},
+                     "jit_compile": args.xla, "tensorboard": args.tensorboard,
+                     **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {})},
         "runs": [{"name": args.strategy, "strategy": args.strategy}],
     }
     if args.kind != "pairs":
         raw["data"].pop("layout")
-    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
+    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"), overrides=parse_overrides(args.set))
     if args.distribute:
         with get_distribution_strategy(args.distribute).scope():
             run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
@@ -192,6 +195,7 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, e.g. --set training.epochs=5 --set pretrain.data.root=/data/ecssd")
     p.add_argument("--epochs", type=int, help="override the epochs")
+    p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in each run's stage folders")
     p.add_argument("--out", default="results", help="results folder (default: results)")
     p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars and TensorFlow's own log lines")
     p.set_defaults(func=_cmd_experiment)
@@ -216,6 +220,11 @@ def build_parser():
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
     p.add_argument("--xla", action="store_true", help="jit_compile the training step")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config key, e.g. --set training.lr_schedule.name=cosine (checked like a config file)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "poly", "plateau"],
+                   help="learning-rate schedule (options via a config: training.lr_schedule)")
+    p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in the run's stage folder")
     p.add_argument("--distribute", choices=["mirrored", "multi_worker"])
     p.add_argument("--name", default="train", help="results sub-folder")
     p.add_argument("--out", default="results")

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import shutil
 import warnings
@@ -23,6 +24,68 @@ from tlunet.losses import get_loss
 from tlunet.metrics import segmentation_metrics
 
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = {
+    "constant": {},
+    "cosine": {"warmup_epochs": 0, "min_lr": 0.0},          # linear warm-up, then half a cosine to min_lr
+    "poly": {"power": 0.9},                                  # nnU-Net's: lr * (1 - epoch / epochs) ** 0.9
+    "plateau": {"factor": 0.5, "patience": 5, "min_lr": 0.0, "monitor": "val_loss"},  # ReduceLROnPlateau
+}
+
+
+def check_lr_schedule(schedule):
+    """The schedule as {"name": ..., options} with its defaults; ValueError naming what is wrong.
+
+    Args:
+        schedule: None or a name ("constant", "cosine", "poly", "plateau"), or a mapping with `name`
+            and that schedule's options (see `LR_SCHEDULES`).
+    """
+    if schedule is None:
+        return {"name": "constant"}
+    spec = {"name": schedule} if isinstance(schedule, str) else dict(schedule) if isinstance(schedule, dict) else None
+    if spec is None or spec.get("name") not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, or a mapping with `name` and its "
+                         f"options. Received: {schedule!r}")
+    options = LR_SCHEDULES[spec["name"]]
+    unknown = sorted(set(spec) - {"name"} - set(options))
+    if unknown:
+        raise ValueError(f"lr_schedule {spec['name']!r} has no options {unknown}; valid: {sorted(options)}")
+    out = {"name": spec["name"], **options, **{k: v for k, v in spec.items() if k != "name"}}
+    for key, value in out.items():
+        if key in ("name", "monitor"):
+            continue
+        whole = key in ("warmup_epochs", "patience")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+                (whole and not isinstance(value, int)) or (key == "factor" and not 0 < value < 1):
+            raise ValueError(f"lr_schedule {spec['name']!r}: {key} must be "
+                             f"{'a whole number >= 0' if whole else 'in (0, 1)' if key == 'factor' else 'a number >= 0'}"
+                             f". Received: {key}={value!r}")
+    return out
+
+
+def lr_at(schedule, epoch, epochs, learning_rate):
+    """The learning rate of `epoch` (0-based) of `epochs` under an epoch-wise schedule."""
+    spec = check_lr_schedule(schedule)
+    if spec["name"] == "cosine":
+        warmup = spec["warmup_epochs"]
+        if epoch < warmup:
+            return learning_rate * (epoch + 1) / (warmup + 1)
+        progress = (epoch - warmup) / max(1, epochs - warmup)
+        return spec["min_lr"] + (learning_rate - spec["min_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
+    if spec["name"] == "poly":
+        return learning_rate * (1 - epoch / epochs) ** spec["power"]
+    return learning_rate
+
+
+def lr_schedule_callback(schedule, epochs, learning_rate):
+    """A Keras callback applying `schedule` (see `check_lr_schedule`), or None for a constant rate.
+    Epoch-wise schedules depend on the epoch only, so a resumed run continues on the same curve."""
+    spec = check_lr_schedule(schedule)
+    if spec["name"] == "constant":
+        return None
+    if spec["name"] == "plateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor=spec["monitor"], factor=spec["factor"],
+                                                 patience=spec["patience"], min_lr=spec["min_lr"])
+    return keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr_at(spec, epoch, epochs, learning_rate))
 
 
 def configure(seed=0, deterministic=False, mixed_precision=None):
@@ -276,14 +339,23 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
     os.makedirs(run_dir, exist_ok=True)
-    callbacks = [RunCheckpoint(run_dir, monitor, mode, patience=patience, restore_best=bool(patience))]
+    extra = list(extra or [])
+    schedules = [c for c in extra if isinstance(c, (keras.callbacks.LearningRateScheduler,
+                                                    keras.callbacks.ReduceLROnPlateau))]
+    # the schedule first, so the rate it sets is in the logs the checkpoint records
+    callbacks = schedules + [RunCheckpoint(run_dir, monitor, mode, patience=patience, restore_best=bool(patience))]
+    extra = [c for c in extra if c not in schedules]
     if tensorboard:
+        try:
+            import tensorboard  # noqa: F401 - tf.summary needs it
+        except ImportError as e:
+            raise ImportError("tensorboard: true needs the tensorboard package: pip install tensorboard") from e
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")))
     return callbacks + list(extra or [])
 
 
 def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience=None,
-        tensorboard=False, callbacks=None, verbose="auto"):
+        tensorboard=False, callbacks=None, verbose="auto", lr_schedule=None):
     """`model.fit` with best checkpoint, CSV history, early stopping, optional TensorBoard, and
     resume-from-last-epoch. The model must be compiled.
 
@@ -296,6 +368,9 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
             validation data, else "loss".
         patience: early-stopping patience in epochs (None: no early stopping).
         tensorboard: write TensorBoard logs to run_dir/tensorboard.
+        lr_schedule: None (constant), "cosine", "poly", "plateau", or a mapping with `name` and
+            options (`check_lr_schedule`); epoch-wise from the optimizer's learning rate. The rate of
+            each epoch is recorded in history.csv as `learning_rate`.
         callbacks: extra callbacks.
         verbose: Keras progress bar setting.
 
@@ -307,6 +382,8 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
     if monitor is None:
         monitor = "val_dice" if val_ds is not None else "loss"
     mode = "min" if "loss" in monitor else "max"
+    schedule = lr_schedule_callback(lr_schedule, epochs, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+    callbacks = ([schedule] if schedule else []) + list(callbacks or [])
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
               callbacks=_callbacks(run_dir, monitor, mode, patience, tensorboard, callbacks))
     return read_history(os.path.join(run_dir, "history.csv"))
@@ -323,7 +400,7 @@ def read_history(path):
 
 
 def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice", optimizer="adam",
-               jit_compile=False, batchnorm="follow", **fit_kwargs):
+               jit_compile=False, batchnorm="follow", lr_schedule=None, **fit_kwargs):
     """Trains through a schedule of stages, each with its own strategy, epochs and learning rate —
     e.g. Cheng & Lam's V-Unet: `[{"strategy": "frozen_encoder", "epochs": 10, "learning_rate": 1e-3},
     {"strategy": "all", "epochs": 10, "learning_rate": 1e-5}]`.
@@ -337,10 +414,10 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
     """
     results = []
     for i, stage in enumerate(stages):
-        unknown = set(stage) - {"strategy", "epochs", "learning_rate", "name"}
+        unknown = set(stage) - {"strategy", "epochs", "learning_rate", "name", "lr_schedule"}
         if unknown:
             raise ValueError(f"Stage {i} has unknown keys {sorted(unknown)}; valid: strategy, epochs, "
-                             "learning_rate, name")
+                             "learning_rate, lr_schedule, name")
         label = stage["strategy"] if isinstance(stage["strategy"], str) else "custom"  # a dict strategy
         name = stage.get("name") or f"stage{i}_{label}".replace(",", "_")
         stage_dir = os.path.join(run_dir, name)
@@ -355,7 +432,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
             continue
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile)
-        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"], **fit_kwargs)
+        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
+                      lr_schedule=stage.get("lr_schedule", lr_schedule), **fit_kwargs)
         values = model.get_weights()
         atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
                      needed=sum(w.nbytes for w in values))

@@ -156,3 +156,21 @@ def test_a_pretrain_block_without_data_pretrains_on_the_main_data(tmp_path):
     rows = run_experiment(config_from_dict(raw, str(tmp_path / "p.yaml")), out_dir=str(tmp_path), log=lambda *a: None)
     assert rows[0]["weights"].startswith("pre-trained on the source task (") and "layers copied" in rows[0]["weights"]
     assert (tmp_path / "tiny" / "pretrain" / "source.keras").is_file()
+
+
+def test_training_options_reach_the_run_and_its_config(tmp_path):
+    """--set training.lr_schedule / training.tensorboard: the rate follows the schedule in history.csv,
+    TensorBoard logs are written, and both are recorded in the run's config.yaml."""
+    raw = {**TINY, "runs": [{"name": "all", "strategy": "all"}], "sweep": {"fractions": [1.0]}}
+    cfg = config_from_dict(raw, str(tmp_path / "c.yaml"), overrides={
+        "training": {"epochs": 2, "learning_rate": 0.01, "tensorboard": True,
+                     "lr_schedule": {"name": "cosine", "warmup_epochs": 1}}})
+    run_experiment(cfg, out_dir=str(tmp_path / "out"), log=lambda *a: None)
+    run = tmp_path / "out" / "tiny" / "all"
+    with open(run / "history.csv") as f:
+        rates = [float(r["learning_rate"]) for r in csv.DictReader(f)]
+    assert rates == pytest.approx([0.005, 0.01])  # warm-up epoch at half the rate, then the peak
+    assert list((run / "stage0_all" / "tensorboard").rglob("events.out.tfevents.*"))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["training"]["lr_schedule"] == {"name": "cosine", "warmup_epochs": 1}
+    assert saved["training"]["tensorboard"] is True

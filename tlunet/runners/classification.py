@@ -45,10 +45,12 @@ DEFAULTS = {
     "segmentation": {
         "data": {"kind": "lung_us_lines", "n": 120, "image_size": [128, 128]},
         "model": {"name": "unet", "filters": [16, 32, 64, 128, 256]},
-        "training": {"epochs": 20, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "augment": None},
+        "training": {"epochs": 20, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "augment": None,
+                     "lr_schedule": None, "tensorboard": False},
     },
     "classifier": {"inputs": "both", "hidden": 64, "dropout": 0.3},
-    "training": {"epochs": 20, "batch_size": 16, "learning_rate": 3e-4, "augment": None, "patience": None},
+    "training": {"epochs": 20, "batch_size": 16, "learning_rate": 3e-4, "augment": None, "patience": None,
+                 "lr_schedule": None, "tensorboard": False},
     "explain": {"n": 3},
     "runs": [],
 }
@@ -177,7 +179,7 @@ def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
         compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
         fit(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], t["augment"], seed=cfg["seed"]),
             make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False), run_dir=run_dir,
-            epochs=t["epochs"], verbose=verbose,
+            epochs=t["epochs"], verbose=verbose, lr_schedule=t.get("lr_schedule"),
             callbacks=[EpochProgress(f"{kind}-label segmentation", t["epochs"], disable=bool(verbose))])
         pred = np.argmax(model.predict(images[val_idx].astype(np.float32) / 255, verbose=0), axis=-1)
         names = {1: "pleural", 2: "a_line", 3: "b_line"}
@@ -246,6 +248,7 @@ def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbo
     val_ds = make_classification_dataset([frames[i] for i in val], labels[val], size, t["batch_size"], shuffle=False)
     bar = EpochProgress(label, t["epochs"], disable=bool(verbose))
     history = fit(model, train_ds, val_ds, run_dir=run_dir, epochs=t["epochs"], monitor="val_accuracy",
+                  lr_schedule=t.get("lr_schedule"), tensorboard=t.get("tensorboard", False),
                   patience=t["patience"], verbose=verbose, callbacks=[bar])
     bar.close()
     learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), spec["name"])

@@ -12,6 +12,7 @@ import yaml
 
 import tlunet
 from tlunet.finetune import get_strategy
+from tlunet.train import check_lr_schedule
 from tlunet.resources import SAMPLE_PREFIX, ConfigError, sample_path
 
 # Keys every config may have at the top level, whatever its task.
@@ -89,9 +90,10 @@ def check_folder_name(path, where, name):
 def stages(cfg, run):
     """A run's training stages, each {strategy, epochs, learning_rate} (the training block's by default)."""
     t = cfg["training"]
+    base = {"epochs": t["epochs"], "learning_rate": t["learning_rate"], "lr_schedule": t.get("lr_schedule")}
     if "stages" in run:
-        return [{"epochs": t["epochs"], "learning_rate": t["learning_rate"], **s} for s in run["stages"]]
-    return [{"strategy": run.get("strategy", "all"), "epochs": t["epochs"], "learning_rate": t["learning_rate"]}]
+        return [{**base, **s} for s in run["stages"]]
+    return [{"strategy": run.get("strategy", "all"), **base}]
 
 
 def check_model(mcfg, path, where):
@@ -113,7 +115,11 @@ def check_model(mcfg, path, where):
 
 def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), optional_ints=()):
     """Training settings are numbers of the right kind: epochs and batch sizes whole and positive,
-    learning rates positive, patience a whole number or null."""
+    learning rates positive, patience a whole number or null; and a known `lr_schedule`."""
+    if "lr_schedule" in section:
+        check_schedule(path, f"{where}.lr_schedule", section["lr_schedule"])
+    if not isinstance(section.get("tensorboard", False), bool):
+        raise ConfigError(f"{path}: {where}.tensorboard must be true or false. Received: {section['tensorboard']!r}")
     def bad(key, value, what):
         raise ConfigError(f"{path}: {where}.{key} must be {what}. Received: {key}={value!r}")
     for key in positive_ints:
@@ -128,6 +134,14 @@ def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), o
         value = section.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             bad(key, value, "a whole number >= 1, or null")
+
+
+def check_schedule(path, where, value):
+    """`where` (e.g. training.lr_schedule) names a known learning-rate schedule with valid options."""
+    try:
+        check_lr_schedule(value)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from None
 
 
 def check_size(path, where, value, dims):
@@ -188,6 +202,7 @@ def check_runs(cfg, path):
         try:
             for stage in stages(cfg, run):
                 get_strategy(stage["strategy"])
+                check_schedule(path, f"run {run['name']!r} stage lr_schedule", stage.get("lr_schedule"))
                 check_numbers(path, stage, f"run {run['name']!r} stage", positive_ints=("epochs",),
                               positive_numbers=("learning_rate",))
         except (ValueError, KeyError) as e:

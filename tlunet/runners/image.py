@@ -41,7 +41,7 @@ DEFAULTS = {
     "model": {"name": "mobilenetv2_unet", "classes": 1},
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
-                 "optimizer": "adam"},
+                 "optimizer": "adam", "lr_schedule": None, "tensorboard": False},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
     "evaluation": {"tta": None, "threshold": 0.5},
     "runs": [],
@@ -210,6 +210,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                                           seed=cfg["seed"]),
                       make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
                       run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
+                      lr_schedule=t.get("lr_schedule"),
                       callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
@@ -281,7 +282,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                                                              cfg["data"]["augment"], seed=seed),
                       make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
                       run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
-                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar])
+                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
+                      tensorboard=t["tensorboard"])
     bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])

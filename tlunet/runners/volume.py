@@ -34,7 +34,8 @@ DEFAULTS = {
     "model": {"name": "unet3d", "classes": 1},
     "training": {"epochs": 10, "batch_size": 2, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patches_per_volume": 4, "foreground_prob": 0.33, "augment": True, "patience": None,
-                 "batchnorm": "follow", "optimizer": "adam", "mixed_precision": None, "jit_compile": False},
+                 "batchnorm": "follow", "optimizer": "adam", "mixed_precision": None, "jit_compile": False,
+                 "lr_schedule": None, "tensorboard": False},
     "inference": {"overlap": 0.5, "tta": False, "batch_size": 2, "nsd_tolerance_mm": 1.0},
     "sweep": {"folds": None, "train_on": "rest"},
     "runs": [],
@@ -167,6 +168,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
         history = fit(model, _patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], True),
                       _patches(p_cfg, p["data"], cases[:n_val], cfg["seed"] + 99, False),
                       run_dir=os.path.join(exp_dir, "pretrain"), epochs=p["training"]["epochs"], verbose=verbose,
+                      lr_schedule=p["training"].get("lr_schedule"),
                       callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))])
         return model, {"source": desc, "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
@@ -227,7 +229,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
     done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"] + fold, True),
                       _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
                       run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
-                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar])
+                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
+                      tensorboard=t["tensorboard"])
     bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
