@@ -37,3 +37,17 @@ def test_hc18_measures_of_a_shrunken_prediction():
 def test_no_ellipse_gives_nan():
     assert math.isnan(head_circumference(np.zeros((10, 10)), 0.1))
     assert fit_ellipse(np.zeros((3, 2))) is None
+
+
+def test_holes_in_a_predicted_head_do_not_pull_the_ellipse_inwards():
+    """A ragged prediction with holes inside the skull: only the outer edge is fitted."""
+    from skimage import draw
+    mask = np.zeros((300, 400), np.uint8)
+    rr, cc = draw.ellipse(150, 200, 100, 140, shape=mask.shape)
+    mask[rr, cc] = 1
+    solid = head_circumference(mask, 0.2)
+    holed = mask.copy()
+    for r, c in ((120, 160), (170, 240), (150, 200)):
+        rr, cc = draw.disk((r, c), 25, shape=mask.shape)
+        holed[rr, cc] = 0
+    assert head_circumference(holed, 0.2) == pytest.approx(solid, abs=1e-9)
