@@ -17,7 +17,7 @@ from tlunet.runners import config_from_dict, load_config, parse_overrides, run_e
 from tlunet.runners.config import merge, with_weights_file
 from tlunet.runners.image import evaluate_cases, load_data
 from tlunet.runners.results import FolderInUse, write_csv
-from tlunet.train import get_distribution_strategy
+from tlunet.train import get_distribution_strategy, worker_role
 
 
 def _shape(text):
@@ -77,6 +77,8 @@ def _cmd_experiment(args):
         overrides["training"] = {"epochs": args.epochs}
     if args.tensorboard:
         overrides = merge(overrides, {"training": {"tensorboard": True}})
+    if args.distribute:
+        overrides = merge(overrides, {"training": {"distribute": args.distribute}})
     overrides = merge(overrides, parse_overrides(args.set))
     cfg = load_config(args.name, "quick" if args.quick else args.profile, overrides)
     if args.encoder_weights:
@@ -97,19 +99,16 @@ def _cmd_train(args):
         "model": {"name": args.model, "encoder_weights": args.encoder_weights},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,
-                     "jit_compile": args.xla, "tensorboard": args.tensorboard,
+                     "jit_compile": args.xla, "tensorboard": args.tensorboard, "distribute": args.distribute,
                      **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {})},
         "runs": [{"name": args.strategy, "strategy": args.strategy}],
     }
     if args.kind != "pairs":
         raw["data"].pop("layout")
     cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"), overrides=parse_overrides(args.set))
-    if args.distribute:
-        with get_distribution_strategy(args.distribute).scope():
-            run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
-    else:
-        run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
-    print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
+    run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
+    if worker_role(get_distribution_strategy(args.distribute))[0]:
+        print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
     return 0
 
 
@@ -196,6 +195,8 @@ def build_parser():
                    help="override any config key, e.g. --set training.epochs=5 --set pretrain.data.root=/data/ecssd")
     p.add_argument("--epochs", type=int, help="override the epochs")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in each run's stage folders")
+    p.add_argument("--distribute", choices=["mirrored", "multi_worker"],
+                   help="tf.distribute: all local GPUs, or the workers TF_CONFIG names (run the same command on each)")
     p.add_argument("--out", default="results", help="results folder (default: results)")
     p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars and TensorFlow's own log lines")
     p.set_defaults(func=_cmd_experiment)

@@ -9,6 +9,7 @@ last completed epoch (weights, optimizer state and epoch counter come back from
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import math
 import os
@@ -107,18 +108,65 @@ def configure(seed=0, deterministic=False, mixed_precision=None):
     keras.mixed_precision.set_global_policy(mixed_precision or "float32")
 
 
+DISTRIBUTE = (None, "mirrored", "multi_worker")
+_STRATEGIES = {}
+_WORKER_DIRS = {}  # a non-chief worker's temporary results folder -> the chief's (where backups are read)
+
+
 def get_distribution_strategy(name=None):
     """None/"default" -> the default strategy; "mirrored" -> all local GPUs (or CPUs configured as
-    logical devices); "multi_worker" -> MultiWorkerMirroredStrategy (reads TF_CONFIG)."""
+    logical devices); "multi_worker" -> MultiWorkerMirroredStrategy (reads TF_CONFIG). One strategy
+    per kind and process: TensorFlow's collectives can be set up only once."""
     if name in (None, "default"):
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"Unknown distribution {name!r}. Valid: default, mirrored, multi_worker")
+    if name not in DISTRIBUTE:
+        raise ValueError(f"Unknown distribution {name!r}. Valid: default, mirrored, multi_worker")
+    if name not in _STRATEGIES:
+        if name == "mirrored":
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+            _STRATEGIES[name] = tf.distribute.MirroredStrategy(devices)
+        else:
+            _STRATEGIES[name] = tf.distribute.MultiWorkerMirroredStrategy()
+    return _STRATEGIES[name]
+
+
+def worker_role(strategy=None):
+    """(is_chief, worker index, worker count) of this process: worker 0 (or the `chief` task) is the
+    chief, the only one that writes results and checkpoints."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True, 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    count = sum(len(v) if isinstance(v, (list, dict)) else 1 for k, v in spec.items() if k in ("chief", "worker"))
+    kind, index = resolver.task_type, resolver.task_id or 0
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
+    return chief, (index + (1 if "chief" in spec and kind == "worker" else 0)), count
+
+
+def weights_digest(model):
+    """SHA-1 (12 hex digits) of a model's weights: equal on every worker of a distributed run."""
+    digest = hashlib.sha1()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def set_worker_dirs(temporary, chief):
+    """A non-chief worker writes under `temporary` but resumes from the backups the chief wrote under
+    `chief` (the Keras multi-worker guide's arrangement); None, None undoes it."""
+    _WORKER_DIRS.clear()
+    if temporary is not None:
+        _WORKER_DIRS[os.path.abspath(temporary)] = os.path.abspath(chief)
+
+
+def _read_dir(run_dir):
+    path = os.path.abspath(run_dir)
+    for temporary, chief in _WORKER_DIRS.items():
+        if path == temporary or path.startswith(temporary + os.sep):
+            return chief + path[len(temporary):]
+    return run_dir
 
 
 def compile_model(model, loss="bce_dice", learning_rate=1e-3, optimizer="adam", metrics=None,
@@ -223,17 +271,20 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.patience, self.restore_best = patience, restore_best
         self.backup = os.path.join(run_dir, "backup")
         self.state_path = os.path.join(self.backup, "state.json")
+        # where a resumed run reads its state: its own folder, or for a non-chief worker the chief's
+        self.read_backup = os.path.join(_read_dir(run_dir), "backup")
 
     # ------------------------------------------------------------------ state on disk
     def _read_state(self):
-        if not os.path.isfile(self.state_path):
+        state_path = os.path.join(self.read_backup, "state.json")
+        if not os.path.isfile(state_path):
             return None
         try:
-            with open(self.state_path) as f:
+            with open(state_path) as f:
                 state = json.load(f)
             state["epoch"], state["history"]  # noqa: B018 - the keys a state must have
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise OSError(f"{self.state_path}: unreadable resume state ({e}); delete {self.backup} "
+            raise OSError(f"{state_path}: unreadable resume state ({e}); delete {self.read_backup} "
                           "to train this run from the start") from e
         return state
 
@@ -243,7 +294,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         candidates = [(state["epoch"], state.get("weights"))] + \
             ([(state["previous"]["epoch"], state["previous"]["weights"])] if state.get("previous") else [])
         for i, (epoch, name) in enumerate(candidates):
-            path = os.path.join(self.backup, name)
+            path = os.path.join(self.read_backup, name)
             try:
                 self.model.load_weights(path)
             except (OSError, ValueError) as e:
@@ -334,7 +385,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
             else:  # best epoch came before a resume: its weights are on disk
-                self.model.load_weights(os.path.join(self.backup, "best.weights.h5"))
+                self.model.load_weights(os.path.join(self.read_backup, "best.weights.h5"))
 
 
 def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
@@ -382,6 +433,9 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
     if monitor is None:
         monitor = "val_dice" if val_ds is not None else "loss"
     mode = "min" if "loss" in monitor else "max"
+    if tf.distribute.has_strategy():  # Keras 3 cannot fit under MultiWorkerMirroredStrategy, nor under
+        from tlunet._keras_compat import patch_for_distribution  # any strategy when a batch splits unevenly
+        patch_for_distribution(model)
     schedule = lr_schedule_callback(lr_schedule, epochs, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     callbacks = ([schedule] if schedule else []) + list(callbacks or [])
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles

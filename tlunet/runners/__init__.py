@@ -15,11 +15,14 @@ here with `config_from_dict` and `run`, added to `TASKS`).
 """
 
 import os
+import shutil
+import tempfile
 
 from tlunet.resources import ConfigError, find_config, read_config
 from tlunet.runners import classification, image, volume
 from tlunet.runners.config import parse_overrides
 from tlunet.runners.results import release_folder
+from tlunet.train import get_distribution_strategy, set_worker_dirs, worker_role
 
 TASKS = {"image": image, "volume": volume, "classification": classification}
 
@@ -49,8 +52,23 @@ def load_config(name_or_path, profile=None, overrides=None):
 
 def run_experiment(cfg, out_dir="results", verbose=0, log=print):
     """Runs every run of a checked config into `out_dir/<name>/`; returns the summary rows. Finished
-    runs (with `done.json`) are skipped, unfinished ones resume."""
+    runs (with `done.json`) are skipped, unfinished ones resume.
+
+    With `training.distribute: multi_worker` (TF_CONFIG names the cluster) every worker runs this
+    with the same config; the chief writes `out_dir`, the others write into a temporary folder they
+    delete, and resume from the chief's backups."""
     task = _task(cfg, cfg.get("_config_path", "config"))
+    distribute = (cfg.get("training") or {}).get("distribute")
+    # created first: TensorFlow's collectives must be set up before other work
+    chief, index, count = worker_role(get_distribution_strategy(distribute)) if distribute else (True, 0, 1)
+    if not chief:  # only the chief writes results; the others work in a temporary folder
+        tmp = tempfile.mkdtemp(prefix=f"tlunet-worker{index}-")
+        set_worker_dirs(tmp, out_dir)
+        try:
+            return task.run(cfg, tmp, verbose, lambda *a: log(f"[worker {index}/{count}]", *a))
+        finally:
+            set_worker_dirs(None, None)
+            shutil.rmtree(tmp, ignore_errors=True)
     try:
         return task.run(cfg, out_dir, verbose, log)
     finally:

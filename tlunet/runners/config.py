@@ -12,7 +12,7 @@ import yaml
 
 import tlunet
 from tlunet.finetune import get_strategy
-from tlunet.train import check_lr_schedule
+from tlunet.train import DISTRIBUTE, check_lr_schedule, get_distribution_strategy
 from tlunet.resources import SAMPLE_PREFIX, ConfigError, sample_path
 
 # Keys every config may have at the top level, whatever its task.
@@ -118,6 +118,9 @@ def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), o
     learning rates positive, patience a whole number or null; and a known `lr_schedule`."""
     if "lr_schedule" in section:
         check_schedule(path, f"{where}.lr_schedule", section["lr_schedule"])
+    if section.get("distribute") not in DISTRIBUTE:
+        raise ConfigError(f"{path}: {where}.distribute must be one of {list(DISTRIBUTE)}. "
+                          f"Received: {section['distribute']!r}")
     if not isinstance(section.get("tensorboard", False), bool):
         raise ConfigError(f"{path}: {where}.tensorboard must be true or false. Received: {section['tensorboard']!r}")
     def bad(key, value, what):
@@ -134,6 +137,14 @@ def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), o
         value = section.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             bad(key, value, "a whole number >= 1, or null")
+
+
+def distribution_scope(cfg):
+    """The scope of the config's `training.distribute` strategy (None: no distribution), entered
+    around building and training each model — after `start_run` has reset Keras, since resetting
+    inside a strategy's scope breaks its exit."""
+    name = (cfg.get("training") or {}).get("distribute")
+    return get_distribution_strategy(name).scope() if name else contextlib.nullcontext()
 
 
 def check_schedule(path, where, value):

@@ -25,12 +25,12 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_split_sizes, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, fit, run_stages
+from tlunet.train import compile_model, fit, run_stages, weights_digest
 from tlunet.transfer import transfer_weights
 
 DEFAULTS = {
@@ -41,7 +41,7 @@ DEFAULTS = {
     "model": {"name": "mobilenetv2_unet", "classes": 1},
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
-                 "optimizer": "adam", "lr_schedule": None, "tensorboard": False},
+                 "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
     "evaluation": {"tta": None, "threshold": 0.5},
     "runs": [],
@@ -203,15 +203,16 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
         images, masks, _, groups, source = load_data(cfg, p["data"])
         train_idx, val_idx = split_indices(len(images), (0.9, 0.1), seed=cfg["seed"], groups=groups)
         t = p["training"]
-        model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["image_size"], p["data"]["channels"]),
-                                   **{k: v for k, v in p["model"].items() if k != "name"})
-        compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
-        history = fit(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], p["data"].get("augment"),
-                                          seed=cfg["seed"]),
-                      make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
-                      run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
-                      lr_schedule=t.get("lr_schedule"),
-                      callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
+        with distribution_scope(cfg):
+            model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["image_size"], p["data"]["channels"]),
+                                       **{k: v for k, v in p["model"].items() if k != "name"})
+            compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
+            history = fit(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], p["data"].get("augment"),
+                                              seed=cfg["seed"]),
+                          make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
+                          run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
+                          lr_schedule=t.get("lr_schedule"),
+                          callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
                        "name": p["data"].get("layout") or p["data"]["kind"]}
@@ -256,7 +257,8 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                             weights_note, source_model, subset, val, test, (images, masks, meta), seed=seed, fold=k,
                             fraction=fraction, verbose=verbose, repeat_seed=s)
                         log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, trainable {row['trainable_params']:,}, "
-                            f"{time.time() - start:.0f}s")
+                            f"{time.time() - start:.0f}s" + (f", weights sha1 {row['weights_sha1']}"
+                                                           if "weights_sha1" in row else ""))
                     repeat_rows.append(row)
             summary.append(aggregate_folds(repeat_rows, MEASURES))
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
@@ -270,21 +272,22 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     images, masks, meta = arrays
     t = cfg["training"]
     start_run(run_dir, seed)
-    model = _build(cfg, merge(cfg["model"], spec.get("model")), weights)
-    if spec.get("init") == "pretrain":
-        report = transfer_weights(source_model, model)
-        source = (cfg["pretrain"].get("data") or {}).get("layout") or "the source task"
-        weights_note = f"pre-trained on {source} ({len(report.copied)} layers copied)"
-    write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_train=len(train), n_val=len(val),
-                 n_test=len(test), weights_used=weights_note)
-    bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
-    done = run_stages(model, stages(cfg, spec), make_dataset(images[train], masks[train], t["batch_size"],
-                                                             cfg["data"]["augment"], seed=seed),
-                      make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
-                      run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
-                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                      tensorboard=t["tensorboard"])
-    bar.close()
+    with distribution_scope(cfg):  # build, transfer and train under the strategy (after start_run's reset)
+        model = _build(cfg, merge(cfg["model"], spec.get("model")), weights)
+        if spec.get("init") == "pretrain":
+            report = transfer_weights(source_model, model)
+            source = (cfg["pretrain"].get("data") or {}).get("layout") or "the source task"
+            weights_note = f"pre-trained on {source} ({len(report.copied)} layers copied)"
+        write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_train=len(train), n_val=len(val),
+                     n_test=len(test), weights_used=weights_note)
+        bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
+        done = run_stages(model, stages(cfg, spec), make_dataset(images[train], masks[train], t["batch_size"],
+                                                                 cfg["data"]["augment"], seed=seed),
+                          make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
+                          run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
+                          batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
+                          tensorboard=t["tensorboard"])
+        bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     model.save(os.path.join(run_dir, "model.keras"))
@@ -306,7 +309,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
         bland_altman([c["hc_pred_mm"] for c in cases], [c["hc_true_mm"] for c in cases],
                      os.path.join(figures, "bland_altman_hc.png"), f"{name}: HC on {len(cases)} test images")
     row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test),
-                      **({"seed": repeat_seed} if repeat_seed is not None else {}))
+                      **({"seed": repeat_seed} if repeat_seed is not None else {}),
+                      **({"weights_sha1": weights_digest(model)} if t["distribute"] else {}))
     finish_run(run_dir, row, name)
     return row
 

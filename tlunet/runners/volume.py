@@ -18,7 +18,7 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (check_split_sizes, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -35,7 +35,7 @@ DEFAULTS = {
     "training": {"epochs": 10, "batch_size": 2, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patches_per_volume": 4, "foreground_prob": 0.33, "augment": True, "patience": None,
                  "batchnorm": "follow", "optimizer": "adam", "mixed_precision": None, "jit_compile": False,
-                 "lr_schedule": None, "tensorboard": False},
+                 "lr_schedule": None, "tensorboard": False, "distribute": None},
     "inference": {"overlap": 0.5, "tta": False, "batch_size": 2, "nsd_tolerance_mm": 1.0},
     "sweep": {"folds": None, "train_on": "rest"},
     "runs": [],
@@ -162,14 +162,15 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
     def train():
         cases, desc = load_volumes(cfg, p["data"])
         n_val = max(1, len(cases) // 10)
-        model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["patch_size"], 1),
-                                   **{k: v for k, v in p["model"].items() if k not in ("name", "encoder_weights")})
-        compile_model(model, loss=p["training"]["loss"], learning_rate=p["training"]["learning_rate"])
-        history = fit(model, _patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], True),
-                      _patches(p_cfg, p["data"], cases[:n_val], cfg["seed"] + 99, False),
-                      run_dir=os.path.join(exp_dir, "pretrain"), epochs=p["training"]["epochs"], verbose=verbose,
-                      lr_schedule=p["training"].get("lr_schedule"),
-                      callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))])
+        with distribution_scope(cfg):
+            model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["patch_size"], 1),
+                                       **{k: v for k, v in p["model"].items() if k not in ("name", "encoder_weights")})
+            compile_model(model, loss=p["training"]["loss"], learning_rate=p["training"]["learning_rate"])
+            history = fit(model, _patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], True),
+                          _patches(p_cfg, p["data"], cases[:n_val], cfg["seed"] + 99, False),
+                          run_dir=os.path.join(exp_dir, "pretrain"), epochs=p["training"]["epochs"], verbose=verbose,
+                          lr_schedule=p["training"].get("lr_schedule"),
+                          callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))])
         return model, {"source": desc, "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
 
@@ -215,23 +216,24 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
     t, shape, method = cfg["training"], (*cfg["data"]["patch_size"], 1), spec.get("transfer")
     mcfg = merge(cfg["model"], spec.get("model"))
     start_run(run_dir, cfg["seed"] + fold)
-    if method is None:
-        model = tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights,
-                                   **{k: v for k, v in mcfg.items() if k not in ("name", "encoder_weights")})
-    else:
-        model, report = tlunet.build_transfer_model(method, source_model, classes=mcfg.get("classes", 1),
-                                                    input_shape=shape)
-        weights_note = f"{method}: {len(report.copied)} layers from the source model" if method != "scratch" \
-            else "scratch: random init"
-    write_config(run_dir, cfg, run=spec, fold=fold, weights_used=weights_note,
-                 train_cases=[cases[i]["case"] for i in train], test_cases=[cases[i]["case"] for i in test])
-    bar = EpochProgress(name, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
-    done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"] + fold, True),
-                      _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
-                      run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
-                      batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                      tensorboard=t["tensorboard"])
-    bar.close()
+    with distribution_scope(cfg):  # build, transfer and train under the strategy (after start_run's reset)
+        if method is None:
+            model = tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights,
+                                       **{k: v for k, v in mcfg.items() if k not in ("name", "encoder_weights")})
+        else:
+            model, report = tlunet.build_transfer_model(method, source_model, classes=mcfg.get("classes", 1),
+                                                        input_shape=shape)
+            weights_note = f"{method}: {len(report.copied)} layers from the source model" if method != "scratch" \
+                else "scratch: random init"
+        write_config(run_dir, cfg, run=spec, fold=fold, weights_used=weights_note,
+                     train_cases=[cases[i]["case"] for i in train], test_cases=[cases[i]["case"] for i in test])
+        bar = EpochProgress(name, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
+        done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"] + fold, True),
+                          _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
+                          run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
+                          batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
+                          tensorboard=t["tensorboard"])
+        bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)

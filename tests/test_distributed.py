@@ -1,0 +1,114 @@
+"""tf.distribute as users start it: `tlunet train --distribute multi_worker` in two real worker
+processes on 127.0.0.1 (TF_CONFIG, free ports), and `--distribute mirrored` over two logical CPUs."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TLUNET = os.path.join(os.path.dirname(sys.executable), "tlunet")
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _pairs(root, n=12, size=32):
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        cy, cx, r = rng.integers(10, 22), rng.integers(10, 22), rng.integers(5, 9)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        image = np.clip(60 + 120 * mask + rng.normal(0, 20, mask.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray(mask * 255).save(root / "masks" / f"case{i:02d}.png")
+    return root
+
+
+def _train_args(data, out, *extra):
+    return [TLUNET, "train", "--model", "unet", "--data", str(data), "--image-size", "32,32", "--epochs", "3",
+            "--batch-size", "4", "--holdout", "0.25", "--seed", "0", "--deterministic",
+            "--set", "model.filters=[4,8,16,32,64]", "--out", str(out), "--name", "mw", *extra]
+
+
+def _start_workers(data, out, ports, tmp):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    tmp.mkdir(exist_ok=True)
+    for i in range(len(ports)):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+               "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp)}
+        procs.append(subprocess.Popen(_train_args(data, out, "--distribute", "multi_worker"), env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=300):
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outs
+
+
+def _digest(text):
+    found = re.findall(r"weights sha1 ([0-9a-f]{12})", text)
+    assert found, text[-2000:]
+    return found[-1]
+
+
+@pytest.mark.slow
+def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(tmp_path):
+    data = _pairs(tmp_path / "data")
+    out = tmp_path / "out"
+    results = _finish(_start_workers(data, out, _free_ports(2), tmp_path / "tmp"))
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]  # no crash leaving the strategy's scope
+        assert "Traceback" not in stderr
+    chief, other = results
+    assert _digest(chief[1] + chief[2]) == _digest(other[1] + other[2])  # mirrored: the same weights
+    assert "model saved as" in chief[1] and "model saved as" not in other[1]
+    run = out / "mw" / "all"
+    assert (run / "done.json").is_file() and (run / "model.keras").is_file()
+    assert json.loads((run / "done.json").read_text())["weights_sha1"] == _digest(chief[1] + chief[2])
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3 and history[0].startswith("epoch")  # one writer: one header, 3 epochs
+    assert sorted(os.listdir(out)) == ["mw"]  # worker 1 wrote nothing here
+    assert not [d for d in os.listdir(tmp_path / "tmp") if d.startswith("tlunet-worker")]  # and cleaned up its own
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_through_the_cli(tmp_path):
+    data = _pairs(tmp_path / "data")
+    code = ("import sys, tensorflow as tf\n"
+            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+            "from tlunet.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    args = _train_args(data, tmp_path / "out", "--distribute", "mirrored")[1:]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model saved as" in done.stdout
+    row = json.loads((tmp_path / "out" / "mw" / "all" / "done.json").read_text())
+    assert row["epochs"] == 3 and np.isfinite(row["dice"])
