@@ -70,6 +70,9 @@ BAD_CONFIGS = [
     ("bad cosine option", {"training__lr_schedule": {"name": "cosine", "warmup_epochs": 1.5}},
      r"training.lr_schedule: lr_schedule 'cosine': warmup_epochs must be a whole number >= 0"),
     ("tensorboard not a flag", {"training__tensorboard": "yes"}, r"training.tensorboard must be true or false"),
+    ("gradient accumulation 0", {"training__gradient_accumulation": 0},
+     r"training.gradient_accumulation must be a whole number >= 1"),
+    ("unknown distribution", {"training__distribute": "tpu"}, r"training.distribute must be one of \[None, 'mirrored'"),
     ("seeds not a list", {"sweep": {"seeds": 3}}, r"sweep.seeds must be a list of distinct whole numbers"),
 ]
 

@@ -193,3 +193,26 @@ def test_lr_schedules_follow_their_formulas_and_are_recorded_per_epoch(tmp_path)
                           learning_rate=0.01)
     history = fit(model, ds, ds, run_dir=str(tmp_path), epochs=3, verbose=0, lr_schedule="poly")
     assert history["learning_rate"] == pytest.approx([0.01, 0.01 * (2 / 3) ** 0.9, 0.01 * (1 / 3) ** 0.9], rel=1e-5)
+
+
+def test_gradient_accumulation_updates_like_the_larger_batch():
+    """Two batches of 2 with 2 accumulation steps give the weights of one batch of 4 (no BatchNorm
+    here, whose statistics would differ by batch)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 8, 8, 1)).astype("float32")
+    y = (x > 0.5).astype("float32")
+
+    def trained(batch, steps):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 3, padding="same",
+                                                                              activation="sigmoid")])
+        compile_model(model, learning_rate=0.1, gradient_accumulation=steps, metrics=[])
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    big, accumulated, plain = trained(4, 1), trained(2, 2), trained(2, 1)
+    for a, b in zip(big, accumulated):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(big[0], plain[0])  # two separate updates of 2 differ
+    with pytest.raises(ValueError, match=r"`gradient_accumulation` must be a whole number >= 1. Received: 0"):
+        compile_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]), gradient_accumulation=0)

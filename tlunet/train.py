@@ -170,8 +170,17 @@ def _read_dir(run_dir):
 
 
 def compile_model(model, loss="bce_dice", learning_rate=1e-3, optimizer="adam", metrics=None,
-                  jit_compile=False, classes=None):
-    """Compiles with a fresh optimizer and the segmentation metrics (Dice, mIoU, pixel accuracy)."""
+                  jit_compile=False, classes=None, gradient_accumulation=1):
+    """Compiles with a fresh optimizer and the segmentation metrics (Dice, mIoU, pixel accuracy).
+
+    Args:
+        gradient_accumulation: average the gradients of this many batches before each update, so a
+            batch that does not fit in memory (large 3D patches on a small GPU) can be given as
+            several smaller ones: batch_size 2 with 4 accumulation steps updates like a batch of 8
+            (BatchNorm still sees batches of 2).
+    """
+    if isinstance(gradient_accumulation, bool) or not isinstance(gradient_accumulation, int) or gradient_accumulation < 1:
+        raise ValueError(f"`gradient_accumulation` must be a whole number >= 1. Received: {gradient_accumulation!r}")
     classes = classes or model.output_shape[-1]
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
                   "adamw": keras.optimizers.AdamW}
@@ -179,7 +188,9 @@ def compile_model(model, loss="bce_dice", learning_rate=1e-3, optimizer="adam", 
         raise ValueError(f"Unknown optimizer {optimizer!r}. Valid: {list(optimizers)}")
     if isinstance(loss, str) and classes > 1 and loss == "binary_crossentropy":
         raise ValueError(f"loss 'binary_crossentropy' does not fit a {classes}-class softmax output")
-    model.compile(optimizer=optimizers[optimizer](learning_rate),
+    opt = optimizers[optimizer](learning_rate,
+                                gradient_accumulation_steps=gradient_accumulation if gradient_accumulation > 1 else None)
+    model.compile(optimizer=opt,
                   loss=get_loss(loss) if isinstance(loss, str) else loss,
                   metrics=metrics if metrics is not None else segmentation_metrics(classes),
                   jit_compile=jit_compile)
@@ -454,7 +465,7 @@ def read_history(path):
 
 
 def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice", optimizer="adam",
-               jit_compile=False, batchnorm="follow", lr_schedule=None, **fit_kwargs):
+               jit_compile=False, batchnorm="follow", lr_schedule=None, gradient_accumulation=1, **fit_kwargs):
     """Trains through a schedule of stages, each with its own strategy, epochs and learning rate —
     e.g. Cheng & Lam's V-Unet: `[{"strategy": "frozen_encoder", "epochs": 10, "learning_rate": 1e-3},
     {"strategy": "all", "epochs": 10, "learning_rate": 1e-5}]`.
@@ -485,7 +496,7 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
                 results.append(json.load(f))
             continue
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
-                      optimizer=optimizer, jit_compile=jit_compile)
+                      optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
         history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
                       lr_schedule=stage.get("lr_schedule", lr_schedule), **fit_kwargs)
         values = model.get_weights()

@@ -41,7 +41,8 @@ DEFAULTS = {
     "model": {"name": "mobilenetv2_unet", "classes": 1},
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
-                 "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None},
+                 "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None,
+                 "gradient_accumulation": 1},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
     "evaluation": {"tta": None, "threshold": 0.5},
     "runs": [],
@@ -68,7 +69,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or
                               not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
         raise ConfigError(f"{path}: sweep.seeds must be a list of distinct whole numbers, or null. Received: {seeds!r}")
-    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size"),
+    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "gradient_accumulation"),
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
     check_split(path, "data.split", cfg["data"]["split"])
@@ -286,7 +287,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                           make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
                           run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                          tensorboard=t["tensorboard"])
+                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
         bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])

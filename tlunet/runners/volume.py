@@ -35,7 +35,8 @@ DEFAULTS = {
     "training": {"epochs": 10, "batch_size": 2, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patches_per_volume": 4, "foreground_prob": 0.33, "augment": True, "patience": None,
                  "batchnorm": "follow", "optimizer": "adam", "mixed_precision": None, "jit_compile": False,
-                 "lr_schedule": None, "tensorboard": False, "distribute": None},
+                 "lr_schedule": None, "tensorboard": False, "distribute": None,
+                 "gradient_accumulation": 1},
     "inference": {"overlap": 0.5, "tta": False, "batch_size": 2, "nsd_tolerance_mm": 1.0},
     "sweep": {"folds": None, "train_on": "rest"},
     "runs": [],
@@ -53,7 +54,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                                      "training": (cfg["training"], DEFAULTS["training"]),
                                      "inference": (cfg["inference"], DEFAULTS["inference"]),
                                      "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
-    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "patches_per_volume"),
+    check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "gradient_accumulation", "patches_per_volume"),
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_split(path, "data.split", cfg["data"]["split"])
     check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
@@ -232,7 +233,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
                           _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
                           run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                          tensorboard=t["tensorboard"])
+                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
         bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
