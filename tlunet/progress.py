@@ -32,9 +32,13 @@ class EpochProgress(keras.callbacks.Callback):
         if self.bar is None:
             # a terminal gets a live bar; a log file (CI, nohup) gets one plain line per epoch
             self.lines = not self.disable and not sys.stderr.isatty()
-            self.started, self.done = time.time(), 0
+            self.started, self.done, self.trained = time.time(), 0, 0
             self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch", file=sys.stderr,
                             disable=self.disable or self.lines, dynamic_ncols=True, leave=True)
+        resumed = getattr(self.model, "_initial_epoch", None) or 0  # set by the run's checkpoint on resume
+        if resumed:
+            self.done += resumed
+            self.bar.update(resumed)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is None:
@@ -44,7 +48,8 @@ class EpochProgress(keras.callbacks.Callback):
         self.bar.update(1)
         if self.lines:
             self.done += 1
-            rate = (time.time() - self.started) / self.done
+            self.trained += 1
+            rate = (time.time() - self.started) / self.trained
             eta = tqdm.format_interval(rate * max(self.epochs - self.done, 0))
             print(f"{self.desc}: epoch {self.done}/{self.epochs}, {rate:.1f} s/epoch, ETA {eta}, "
                   + ", ".join(f"{k}={v}" for k, v in shown.items()), file=sys.stderr, flush=True)
