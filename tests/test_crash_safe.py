@@ -234,3 +234,21 @@ def test_sigkill_during_a_weights_save_then_rerun(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert keras.models.load_model(run_dir / "model.keras").count_params() > 0
+
+
+def test_a_stage_after_a_resumed_stage_trains_all_its_epochs(tmp_path):
+    """Keras keeps `_initial_epoch` on the model: a stage resumed at epoch 2 must not make the next
+    stage start at epoch 2 too."""
+    from tlunet.train import run_stages
+    ds = _data()
+    stages = [{"strategy": "all", "epochs": 3, "learning_rate": 1e-3}, {"strategy": "all", "epochs": 3, "learning_rate": 1e-4}]
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise Killed
+    with pytest.raises(Killed):
+        run_stages(_model(), stages, ds, ds, run_dir=str(tmp_path), verbose=0, callbacks=[Stop()])
+    done = run_stages(_model(), stages, ds, ds, run_dir=str(tmp_path), verbose=0)
+    assert [d["epochs_run"] for d in done] == [3, 3]
+    assert read_history(tmp_path / "stage1_all" / "history.csv")["epoch"] == [0, 1, 2]

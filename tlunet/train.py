@@ -352,7 +352,9 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch, self.wait = state.get("best"), state.get("best_epoch"), state.get("wait", 0)
             if self.best_epoch is not None and self.best_epoch >= self.epoch:  # best came after the fallback point
                 self.best, self.best_epoch, self.wait = None, None, 0
-            self.model._initial_epoch = self.epoch  # what keras.callbacks.BackupAndRestore sets, too
+        # What keras.callbacks.BackupAndRestore sets, too; always, since Keras never resets it and a
+        # model's next stage would otherwise start at this stage's resumed epoch.
+        self.model._initial_epoch = self.epoch
         self._write_history()
 
     def _improved(self, value):
