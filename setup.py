@@ -1,10 +1,20 @@
 """tlunet: transfer-learning U-Nets for medical image segmentation, in Keras 3."""
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version():
+    """tlunet/_version.py holds the version; read as text, since importing tlunet imports TensorFlow."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tlunet", "_version.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
 
 setup(
     name="tlunet",
-    version="0.1.0",
+    version=_version(),
     description="Transfer-learning U-Nets for medical image segmentation (Keras 3 / TensorFlow)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

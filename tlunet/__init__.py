@@ -1,6 +1,6 @@
 """tlunet: transfer-learning U-Nets for medical image segmentation (Keras 3)."""
 
-__version__ = "0.1.0"
+from tlunet._version import __version__  # the one place the version is written
 
 from tlunet import _quiet  # noqa: F401  (first: the `tlunet` command keeps TensorFlow's start-up noise out)
 
