@@ -12,6 +12,9 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
 
 
+# The API reference (mkdocs.yml): `pip install -e .[docs]`, then `mkdocs serve`.
+DOCS = ["mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0", "mkdocstrings-python>=2.0", "mkdocs-include-markdown-plugin>=7"]
+
 setup(
     name="tlunet",
     version=_version(),
@@ -46,7 +49,9 @@ setup(
         # torchvision); those tests skip without it. Pinned to the CPU build the CI machines carry
         # (a newer torch from the registry would pull gigabytes of CUDA wheels).
         # setuptools/wheel: the install test builds a wheel of this checkout without build isolation.
-        "dev": ["pytest>=7", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel"],
+        # DOCS: tests/test_docs.py builds the API reference with `mkdocs build --strict`.
+        "dev": ["pytest>=7", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel", *DOCS],
+        "docs": DOCS,
         # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
         "bench": ["tf-keras"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).

@@ -156,6 +156,7 @@ def apply_strategy(model, strategy, *, batchnorm="follow", recompile=None):
 
 
 def count_params(weights):
+    """Total number of values in a list of weight variables."""
     return int(sum(np.prod(w.shape) for w in weights))
 
 
@@ -189,6 +190,7 @@ class StrategyReport:
                "description")
 
     def markdown(self):
+        """The report as a Markdown table, one row per strategy."""
         reference = self.reference_name if self.reference_params else "reference"
         lines = [f"| strategy | trainable params | % of model | paper | fewer than {reference} | description |",
                  "|---|---:|---:|---:|---:|---|"]
@@ -199,6 +201,7 @@ class StrategyReport:
         return "\n".join(lines) + "\n"
 
     def to_csv(self):
+        """The report as CSV text with the columns of `COLUMNS`."""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -56,6 +56,7 @@ class AugmentConfig:
 
     @property
     def geometric(self):
+        """Whether any geometric transform (rotation, shift, zoom, shear) is switched on."""
         return any((self.rotation, self.shift, self.zoom, self.shear))
 
 

@@ -54,6 +54,8 @@ class SegmentationSet:
                                self.num_classes, self.mask_reader, arrays)
 
     def read_mask(self, path):
+        """Reads one mask as uint8 (H, W): with `mask_reader` if set, else the PNG as 0/1 (two
+        classes) or as class labels."""
         if self.mask_reader is not None:
             return self.mask_reader(path)
         return read_mask(path, binary=self.num_classes == 2,

@@ -36,6 +36,7 @@ class ModelInfo:
 
     @property
     def spatial_dims(self):
+        """2 or 3: the number of spatial axes of the model's input."""
         return len(self.reference_shape) - 1
 
 
