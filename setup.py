@@ -15,6 +15,11 @@ def _version():
 # The API reference (mkdocs.yml): `pip install -e .[docs]`, then `mkdocs serve`.
 DOCS = ["mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0", "mkdocstrings-python>=2.0", "mkdocs-include-markdown-plugin>=7"]
 
+# LiteRT and ONNX export: TensorFlow converts to LiteRT itself; ai-edge-litert is the LiteRT runtime
+# that runs .tflite files (TensorFlow's tf.lite.Interpreter is deprecated); tf2onnx + onnx convert
+# to ONNX, onnxruntime runs it.
+EXPORT = ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20", "ai-edge-litert>=2.0"]
+
 setup(
     name="tlunet",
     version=_version(),
@@ -52,12 +57,14 @@ setup(
         # nbclient/nbformat/ipykernel: tests/test_notebooks.py executes examples/*.ipynb; DOCS: tests/test_docs.py
         # builds the API reference with `mkdocs build --strict`.
         "dev": ["pytest>=7", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel",
-                "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", *DOCS],
+                "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", *DOCS, *EXPORT],
         "docs": DOCS,
         # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
         "bench": ["tf-keras"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).
         "reference": ["segmentation-models==1.0.1"],
+        # `tlunet export --format litert|onnx` (its ONNX tests skip without them; LiteRT falls back to tf.lite).
+        "export": EXPORT,
     },
     entry_points={"console_scripts": ["tlunet=tlunet.cli:main"]},
 )

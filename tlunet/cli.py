@@ -156,11 +156,47 @@ def _cmd_predict(args):
 
 
 def _cmd_export(args):
-    path = export_savedmodel(_load_model(args.model), args.output, size=args.size)
-    print(f"SavedModel written to {path}. Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
-          "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
-          "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
-          "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
+    from tlunet.data import find_pairs, load_arrays
+    from tlunet.export import SUFFIXES, export_model, export_shape, quantization_report, read_images
+
+    fmt = args.format or next((f for f, suffix in SUFFIXES.items() if args.output.endswith(suffix)), "savedmodel")
+    if args.quantize and fmt != "litert":
+        raise ValueError(f"--quantize {args.quantize} is for --format litert (got --format {fmt})")
+    if args.quantize and not args.representative:
+        raise ValueError("--quantize int8 needs --representative FOLDER: 100-500 images like the ones the model "
+                         "will see, to calibrate the int8 ranges (random images would calibrate them wrongly)")
+    if args.representative and not args.quantize:
+        raise ValueError("--representative calibrates int8 quantisation; add --quantize int8")
+    if args.validation_data and fmt != "litert":
+        raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
+    model = _load_model(args.model)
+    if fmt == "savedmodel":
+        path = export_savedmodel(model, args.output, size=args.size)
+        print(f"SavedModel written to {path}. Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
+              "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
+              "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
+              "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
+        return 0
+    shape, channels = export_shape(model, args.size)  # checked before any image is read
+    if (args.representative or args.validation_data) and len(shape) != 2:
+        raise ValueError("--representative and --validation-data read 2D images; quantise a 3D model from Python "
+                         "(tlunet.export.export_model with representative_data)")
+    validation = None
+    if args.validation_data:
+        validation = load_arrays(find_pairs(args.validation_data), shape, channels=channels)
+    representative = read_images(args.representative, shape, channels) if args.representative else None
+    try:
+        path = export_model(model, args.output, format=fmt, size=args.size, quantize=args.quantize,
+                            representative_data=representative)
+    except ImportError as e:  # a missing optional package: one line, like the other errors
+        raise ValueError(str(e)) from e
+    kind = {"litert": "LiteRT", "onnx": "ONNX"}[fmt] + (" int8" if args.quantize else " float32")
+    dims = ", ".join(map(str, (*shape, channels)))
+    print(f"{kind} model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB). Input \"images\": float32 "
+          f"(N, {dims}) in [0, 1] (resize to {'x'.join(map(str, shape))} and divide uint8 by 255 first); output: "
+          "float32 probabilities at that size.")
+    if validation is not None:
+        print(quantization_report(model, path, *validation))
     return 0
 
 
@@ -252,10 +288,18 @@ def build_parser():
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="SavedModel taking uint8 or float32 [0, 1] images of any size")
+    p = sub.add_parser("export", help="SavedModel (uint8 or float32 [0, 1] images of any size), LiteRT or ONNX file")
     p.add_argument("model", help="a .keras file")
-    p.add_argument("output", help="SavedModel directory (must not exist)")
+    p.add_argument("output", help="SavedModel directory, or a .tflite / .onnx file (must not exist)")
+    p.add_argument("--format", choices=["savedmodel", "litert", "onnx"],
+                   help="default: litert for *.tflite, onnx for *.onnx, else savedmodel. LiteRT and ONNX files take "
+                        "float32 images in [0, 1] at the model's input size")
     p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
+    p.add_argument("--quantize", choices=["int8"], help="LiteRT full-integer quantisation (float32 in and out)")
+    p.add_argument("--representative", metavar="FOLDER",
+                   help="images that calibrate --quantize int8 (a folder of images, or one with images/)")
+    p.add_argument("--validation-data", metavar="FOLDER",
+                   help="an images/ + masks/ folder: print Dice of the Keras model and of the LiteRT file")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_export)
     return parser

@@ -1,12 +1,27 @@
-"""SavedModel export for deployment: images of any size in (uint8 0-255 or float32 in [0, 1]),
-probabilities at the input size out."""
+"""Export for deployment.
 
+- SavedModel (`export_savedmodel`): images of any size in (uint8 0-255 or float32 in [0, 1]),
+  probabilities at that size out.
+- LiteRT, formerly TFLite (`export_model(..., format="litert")`), optionally int8-quantised, and
+  ONNX (`format="onnx"`): float32 images in [0, 1] at the model's fixed input size in, float32
+  probabilities out — for phones, ultrasound carts and runtimes without TensorFlow. `load_litert`
+  runs a `.tflite` file; `quantization_report` measures what int8 costs in Dice.
+"""
+
+import dataclasses
+import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+FORMATS = ("savedmodel", "litert", "onnx")
+SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
+INSTALL_HINT = "pip install 'tlunet[export]'"
 
 
 def export_savedmodel(model, path, size=None):
@@ -107,3 +122,378 @@ def _unit_range(images):
         "uint8); found min", lo, "max", hi])
     with tf.control_dependencies([check]):
         return tf.identity(images)
+
+
+# ------------------------------------------------------------------------------ LiteRT and ONNX
+def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None):
+    """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file.
+
+    - "savedmodel": `export_savedmodel` (uint8 or float32 images of any size; see there).
+    - "litert": Keras' `model.export(format="litert")` (TensorFlow's LiteRT converter), restricted
+      to LiteRT's built-in operators so the file runs on the plain LiteRT runtime (Android, iOS,
+      `ai-edge-litert`) with no TensorFlow ("Flex") delegate.
+    - "onnx": Keras' `model.export(format="onnx")` (tf2onnx), for ONNX Runtime.
+
+    LiteRT and ONNX files take float32 images in [0, 1], shape (N, *size, channels), at the model's
+    fixed input size (resize before calling them: the resize-any-size endpoint is SavedModel-only),
+    and return float32 probabilities (N, *size, classes). Their input is named "images". Values
+    are not range-checked inside the file, so 0-255 images must be divided by 255 first. Keras'
+    outputs are matched within 1e-4 (tests/test_export_formats.py).
+
+    3D models: ONNX as is; for LiteRT, whose built-in operators have no 3D max pooling, every
+    `MaxPooling3D` is exported as the maximum of strided slices (the same numbers). Models trained
+    in mixed precision are exported in float32.
+
+    Args:
+        model: a Keras model taking float images in [0, 1] (as every tlunet model does).
+        path: output directory ("savedmodel") or file, which must end in ".tflite" ("litert") or
+            ".onnx" ("onnx") and must not exist. Written under a temporary name in the same folder
+            and renamed when complete.
+        format: "savedmodel", "litert" or "onnx".
+        size: (H, W) (or (D, H, W)) to export a model built with any input size (None dims) at;
+            default: the model's own input size.
+        quantize: None, or "int8" (LiteRT only): full-integer post-training quantisation, weights
+            and activations int8, with float32 input and output so callers do not change.
+            Activation ranges are calibrated on `representative_data`; check the result with
+            `quantization_report` on validation images.
+        representative_data: for quantize="int8", required: images like those the model will see
+            (100-500 validation or training images, not random noise, which would calibrate the
+            ranges wrongly): an array (N, *size, channels) or an iterable of images or batches, or
+            a callable returning one; float in [0, 1] or uint8 (0-255, divided by 255).
+
+    Returns:
+        `path`.
+
+    Raises:
+        FileExistsError: `path` exists.
+        ValueError: an unknown format, a wrong suffix, missing or bad representative data, a model
+            or layer the converter cannot handle (the message names the file and the operators).
+        ImportError: a package the format needs is missing (the message names the file and
+            `pip install 'tlunet[export]'`).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"`quantize` must be None or 'int8'. Received: quantize={quantize!r}")
+    if quantize and format != "litert":
+        raise ValueError(f"quantize={quantize!r} is for format='litert' only. Received: format={format!r}")
+    if representative_data is not None and not quantize:
+        raise ValueError("`representative_data` calibrates int8 quantisation; pass quantize='int8' with it")
+    if format == "savedmodel":
+        return export_savedmodel(model, path, size=size)
+
+    path = os.fspath(path)
+    suffix = SUFFIXES[format]
+    if not path.endswith(suffix):
+        raise ValueError(f"{path}: format={format!r} writes a *{suffix} file; name the output *{suffix}")
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} already exists; export to a new file")
+    if format == "onnx":
+        _require(path, "ONNX export", [("tf2onnx", "tf2onnx"), ("onnx", "onnx")])
+    size, channels = export_shape(model, size)
+    signature = [tf.TensorSpec((None, *size, channels), tf.float32, name="images")]
+    options = {}
+    if format == "litert":
+        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
+        if quantize == "int8":
+            samples = _representative_samples(representative_data, (*size, channels))
+            options = {
+                "optimizations": [tf.lite.Optimize.DEFAULT],
+                "representative_dataset": lambda: ([s] for s in samples),
+                "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+                "inference_input_type": tf.float32,
+                "inference_output_type": tf.float32,
+            }
+    exportable = _export_friendly(model, litert=format == "litert")
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=suffix, dir=parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx patch probes np.object
+            exportable.export(tmp, format=format, input_signature=signature, verbose=False, **options)
+        os.replace(tmp, path)
+    except Exception as e:
+        _remove(tmp)
+        if format == "litert" and "ConverterError" in type(e).__name__:
+            raise ValueError(_converter_message(path, model, quantize, e)) from e
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _require(path, what, modules):
+    missing = [pip for module, pip in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"{path}: {what} needs {' and '.join(missing)} (not installed): {INSTALL_HINT}")
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def export_shape(model, size=None):
+    """(spatial size, channels) a LiteRT/ONNX export of `model` takes: the model's own input size,
+    or `size` where the model accepts any size (None dims). ValueError if neither is fixed."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise ValueError(f"{model.name!r} has {len(shape)} inputs; LiteRT/ONNX export takes one-input models")
+    spatial, channels = tuple(shape[1:-1]), shape[-1]
+    if size is None:
+        size = spatial
+    size = tuple(None if s is None else int(s) for s in size)
+    if len(size) != len(spatial):
+        raise ValueError(f"`size` must have {len(spatial)} entries for {model.name!r} (input {shape}). "
+                         f"Received: size={size}")
+    if None in size:
+        wanted = "(D, H, W)" if len(size) == 3 else "(H, W)"
+        raise ValueError(f"{model.name!r} accepts any input size; pass size={wanted} "
+                         f"to export it (each a multiple of its encoder's reduction). Received: size={size}")
+    fixed = [(s, d) for s, d in zip(size, spatial) if d is not None and s != d]
+    if fixed:
+        raise ValueError(f"{model.name!r} was built for input {shape[1:]}; it cannot be exported at size={size}")
+    return size, channels
+
+
+def read_images(folder, size, channels=1):
+    """uint8 (N, H, W, channels) images of a folder (or of its images/ sub-folder), resized
+    bilinearly to `size` as training resizes them: representative data for int8 quantisation."""
+    from tlunet.data import list_files, read_image, resize_pair
+    from tlunet.data.io import IMAGE_SUFFIXES
+
+    folder = os.fspath(folder)
+    if os.path.isdir(os.path.join(folder, "images")):
+        folder = os.path.join(folder, "images")
+    names = list_files(folder, IMAGE_SUFFIXES)
+    if not names:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for name in names:
+        image = read_image(os.path.join(folder, name), channels=channels)
+        out.append(resize_pair(image, np.zeros(image.shape[:2], np.uint8), tuple(size))[0])
+    return np.stack(out)
+
+
+def _representative_samples(data, shape):
+    """float32 (1, *shape) arrays from `representative_data`, checked."""
+    if data is None:
+        raise ValueError("quantize='int8' needs representative_data: 100-500 images like the ones the model "
+                         "will see (random images would calibrate the int8 ranges wrongly)")
+    if callable(data):
+        data = data()
+    items = [data] if isinstance(data, np.ndarray) and data.ndim == len(shape) + 1 else data
+    samples = []
+    for item in items:
+        a = np.asarray(item)
+        if a.ndim == len(shape):
+            a = a[None]
+        if a.shape[1:] != shape:
+            raise ValueError(f"representative_data: images must have shape {shape} (the exported input size). "
+                             f"Received: an array of shape {a.shape}")
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"representative_data: images must be float in [0, 1] or uint8. Received: dtype {a.dtype}")
+        a = a.astype(np.float32)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError(f"representative_data: float images must be finite and in [0, 1]; found min "
+                             f"{np.nanmin(a):g}, max {np.nanmax(a):g} (0-255 values: divide by 255)")
+        samples.extend(a[i:i + 1] for i in range(len(a)))
+    if not samples:
+        raise ValueError("representative_data holds no images")
+    return samples
+
+
+class _SlicedMaxPooling3D(keras.layers.Layer):
+    """`MaxPooling3D` with pool size == strides and "valid" padding, as the maximum of strided
+    slices: LiteRT has no built-in 3D max pooling, but strided slices and maximum are built in."""
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = tuple(pool_size)
+
+    def call(self, x):
+        pd, ph, pw = self.pool_size
+        d, h, w = (x.shape[i] // p * p for i, p in zip((1, 2, 3), self.pool_size))
+        out = None
+        for i in range(pd):
+            for j in range(ph):
+                for k in range(pw):
+                    part = x[:, i:d:pd, j:h:ph, k:w:pw, :]
+                    out = part if out is None else keras.ops.maximum(out, part)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        n, *spatial, c = input_shape
+        return (n, *(s // p for s, p in zip(spatial, self.pool_size)), c)
+
+
+def _export_friendly(model, litert):
+    """`model`, or a clone that shares its layers (and so its weights) but computes in float32 and,
+    for LiteRT, replaces `MaxPooling3D` by `_SlicedMaxPooling3D`."""
+    layers = list(_all_layers(model))
+    pools = litert and any(isinstance(layer, keras.layers.MaxPooling3D) for layer in layers)
+    mixed = any(_compute_dtype(layer) not in (None, "float32") for layer in layers)
+    if not (pools or mixed):
+        return model
+    rebuilt = []
+
+    def clone(layer):
+        if litert and isinstance(layer, keras.layers.MaxPooling3D):
+            if tuple(layer.strides) != tuple(layer.pool_size) or layer.padding != "valid":
+                raise ValueError(f"{layer.name}: LiteRT has no 3D max pooling; tlunet exports it as strided "
+                                 f"slices only for strides == pool_size and padding 'valid'")
+            return _SlicedMaxPooling3D(layer.pool_size, name=layer.name, dtype="float32")
+        if _compute_dtype(layer) not in (None, "float32"):
+            new = layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+            rebuilt.append((layer, new))
+            return new
+        return layer
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for old, new in rebuilt:
+        new.set_weights(old.get_weights())
+    return copy
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _compute_dtype(layer):
+    if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
+        return None
+    return getattr(layer, "compute_dtype", None)
+
+
+def _converter_message(path, model, quantize, error):
+    lines = str(error).splitlines()
+    ops = [line.strip() for line in lines if "ops:" in line.lower() or "not supported" in line.lower()]
+    detail = "; ".join(dict.fromkeys(ops)) or (lines[-1] if lines else type(error).__name__)
+    what = "int8 LiteRT" if quantize else "LiteRT"
+    return f"{path}: the {what} converter cannot convert {model.name!r} with built-in operators only: {detail[:600]}"
+
+
+def load_litert(path, num_threads=None):
+    """A callable running a `.tflite` file: float32 images (N, *size, C) in [0, 1] -> float32
+    probabilities (N, *size, classes), one image per invocation. Uses the LiteRT runtime
+    (`ai-edge-litert`), else TensorFlow's `tf.lite.Interpreter`.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: CPU threads for the interpreter (None: LiteRT's default).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: LiteRT file not found")
+    interpreter = _interpreter(path, num_threads)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def predict(images):
+        images = np.asarray(images, np.float32)
+        if images.shape[1:] != tuple(inp["shape"][1:]):
+            raise ValueError(f"{path} takes images of shape (N, {', '.join(map(str, inp['shape'][1:]))}). "
+                             f"Received: {images.shape}")
+        results = []
+        for image in images:
+            interpreter.set_tensor(inp["index"], image[None])
+            interpreter.invoke()
+            results.append(interpreter.get_tensor(out["index"])[0].copy())
+        return np.stack(results) if results else np.zeros((0, *out["shape"][1:]), np.float32)
+
+    predict.input_shape = tuple(inp["shape"][1:])
+    return predict
+
+
+def _interpreter(path, num_threads):
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter(model_path=path, num_threads=num_threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": it is the fallback
+        return tf.lite.Interpreter(model_path=path, num_threads=num_threads)
+
+
+@dataclasses.dataclass
+class QuantizationReport:
+    """Dice of the Keras model and of an exported LiteRT file on the same validation images.
+
+    Attributes:
+        images: number of validation images.
+        dice_float: mean Dice of the Keras (float32) model against the masks.
+        dice_int8: mean Dice of the LiteRT file (int8 or not) against the masks.
+        agreement: mean Dice between the two models' predicted masks.
+        max_prob_diff: largest absolute difference between their probabilities.
+    """
+    images: int
+    dice_float: float
+    dice_int8: float
+    agreement: float
+    max_prob_diff: float
+
+    @property
+    def dice_change(self):
+        """dice_int8 - dice_float."""
+        return self.dice_int8 - self.dice_float
+
+    def __str__(self):
+        return (f"Dice on {self.images} images: Keras float32 {self.dice_float:.4f}, LiteRT "
+                f"{self.dice_int8:.4f} (change {self.dice_change:+.4f}); masks agree at Dice "
+                f"{self.agreement:.4f}, probabilities within {self.max_prob_diff:.3f}")
+
+
+def quantization_report(model, tflite_path, images, masks, threshold=0.5, num_threads=None, batch_size=8):
+    """Measures what a LiteRT export (typically int8) costs against the Keras model.
+
+    Args:
+        model: the Keras model the file was exported from.
+        tflite_path: the `.tflite` file.
+        images: (N, *size, C) validation images at the exported size, uint8 (0-255) or float in [0, 1].
+        masks: (N, *size) or (N, *size, 1) label maps (0/1, or class indices).
+        threshold: foreground threshold for one-channel (sigmoid) models; softmax models take the argmax.
+
+    Returns:
+        `QuantizationReport`. Dice per image is the mean over the foreground classes present in the
+        mask or either prediction (as `tlunet evaluate` computes it), then averaged over images.
+    """
+    from tlunet.evaluation import dice
+
+    images = np.asarray(images)
+    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+        raise ValueError("quantization_report: float images must be in [0, 1] (0-255 values: pass uint8)")
+    masks = np.asarray(masks)
+    if masks.ndim == x.ndim:
+        masks = masks[..., 0]
+    if masks.shape != x.shape[:-1]:
+        raise ValueError(f"quantization_report: masks {masks.shape} do not match images {x.shape}")
+    run = load_litert(tflite_path, num_threads=num_threads)
+    p_float = np.concatenate([np.asarray(model(x[i:i + batch_size], training=False), np.float32)
+                              for i in range(0, len(x), batch_size)])
+    p_lite = run(x)
+    classes = max(2, p_float.shape[-1])
+
+    def labels(p):
+        return (p[..., 0] >= threshold).astype(np.uint8) if p.shape[-1] == 1 else p.argmax(-1)
+
+    def mean_dice(preds, trues):
+        scores = []
+        for pred, true in zip(preds, trues):
+            present = [c for c in range(1, classes) if (true == c).any() or (pred == c).any()] or [1]
+            scores.append(np.mean([dice(pred == c, true == c) for c in present]))
+        return float(np.mean(scores))
+
+    l_float, l_lite = labels(p_float), labels(p_lite)
+    return QuantizationReport(images=len(x), dice_float=mean_dice(l_float, masks), dice_int8=mean_dice(l_lite, masks),
+                              agreement=mean_dice(l_lite, l_float), max_prob_diff=float(np.abs(p_float - p_lite).max()))
