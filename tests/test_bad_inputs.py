@@ -6,7 +6,6 @@ tests/test_bad_inputs_data.py.)"""
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -51,6 +50,10 @@ BAD_CONFIGS = [
     ("name with a separator", {"name": "a/b"}, r"name 'a/b' must be a plain folder name"),
     ("run name escapes", {"runs": [{"name": "..", "strategy": "all"}]}, r"run name '\.\.' must be a plain folder"),
     ("run name with a separator", {"runs": [{"name": "x/../../y"}]}, r"run name 'x/../../y' must be a plain"),
+    ("stage name escapes", {"runs": [{"name": "all", "stages": [{"strategy": "all", "name": "../../x"}]}]},
+     r"run 'all' stage name '../../x' must be a plain folder name"),
+    ("absolute stage name", {"runs": [{"name": "all", "stages": [{"strategy": "all", "name": "/tmp/victim"}]}]},
+     r"stage name '/tmp/victim' must be a plain folder name"),
     ("repeated run names", {"runs": [{"name": "a"}, {"name": "a"}]}, r"run names must differ.*\['a'\]"),
     ("runs as a mapping", {"runs": {"all": {"strategy": "all"}}}, r"`runs` must be a non-empty list.*got dict"),
     ("no runs", {"runs": []}, r"`runs` must be a non-empty list"),
@@ -129,6 +132,40 @@ def test_rerunning_a_finished_run_with_other_settings_is_refused(tmp_path):
         run_experiment(changed, out_dir=out, log=lambda *a: None)
     again = run_experiment(config_from_dict(_cfg(), str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
     assert again[0]["run"] == "all"  # the same settings: the finished run is reused
+    logged = []
+    more = _cfg(runs=[{"name": "all", "strategy": "all"}, {"name": "frozen", "strategy": "frozen_encoder"}],
+                training__tensorboard=True)
+    rows = run_experiment(config_from_dict(more, str(tmp_path / "other" / "c.yaml")), out_dir=out, log=logged.append)
+    assert [r["run"] for r in rows] == ["all", "frozen"]  # a run added, TensorBoard on: the finished one is kept
+    assert any("all: done earlier, skipped" in line for line in logged)
+
+
+def test_a_run_killed_before_any_epoch_was_saved_may_change_settings(tmp_path):
+    """Nothing to resume yet (no epoch, no stage saved): a smaller batch after an out-of-memory kill runs."""
+    out = tmp_path / "out"
+    (out / "tiny" / "all").mkdir(parents=True)
+    run_experiment(config_from_dict(_cfg(training__batch_size=8), str(tmp_path / "c.yaml")), out_dir=str(out),
+                   log=lambda *a: None)  # writes config.yaml; pretend it was killed in its first epoch:
+    for name in ("done.json", "summary.md"):
+        (out / "tiny" / "all" / name).unlink()
+    import shutil
+    shutil.rmtree(out / "tiny" / "all" / "stage0_all")
+    rows = run_experiment(config_from_dict(_cfg(training__batch_size=2), str(tmp_path / "c.yaml")), out_dir=str(out),
+                          log=lambda *a: None)
+    assert rows[0]["run"] == "all"
+
+
+@pytest.mark.slow
+def test_a_source_model_made_with_other_settings_is_refused(tmp_path):
+    out = str(tmp_path / "out")
+    raw = _cfg(pretrain={"training": {"epochs": 1}}, runs=[{"name": "ft", "init": "pretrain", "strategy": "all"}])
+    run_experiment(config_from_dict(raw, str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
+    import shutil
+    shutil.rmtree(tmp_path / "out" / "tiny" / "ft")  # as the run-folder message says
+    raw["pretrain"]["training"]["epochs"] = 2
+    with pytest.raises(ConfigError, match=r"pretrain holds a source model made with other settings "
+                                          r"\(training.epochs: 1 -> 2\)"):
+        run_experiment(config_from_dict(raw, str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
 
 
 LOCK_HOLDER = textwrap.dedent('''
@@ -156,23 +193,47 @@ def test_a_second_process_writing_into_the_same_run_folder_is_refused(tmp_path, 
     finally:
         holder.kill()
         holder.wait()
-    lock_folder(folder)  # its process is gone: the stale lock is taken over
+    lock_folder(folder)  # its process is gone: the lock is free again
     release_folder(folder)
-    assert not (folder / ".tlunet.lock").exists()
 
 
-def test_a_lock_held_on_another_host_is_respected(tmp_path):
-    (tmp_path / ".tlunet.lock").write_text(json.dumps({"pid": 1, "host": "other-node", "started": "today"}))
-    with pytest.raises(FolderInUse, match=r"in use by pid 1 on host other-node .*delete .*\.tlunet\.lock"):
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """The lock is the operating system's: a holder killed with SIGKILL releases it, whatever its
+    lock file still says."""
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(FolderInUse, match=rf"in use by pid {holder.pid}"):
         lock_folder(tmp_path)
-
-
-def test_a_lock_of_a_dead_process_on_this_host_is_stale(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".tlunet.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    assert lock_folder(tmp_path) == os.path.join(tmp_path, ".tlunet.lock")
+    holder.kill()
+    holder.wait()
+    assert json.loads((tmp_path / ".tlunet.lock").read_text())["pid"] == holder.pid  # its note is still there
+    lock_folder(tmp_path)
     assert json.loads((tmp_path / ".tlunet.lock").read_text())["pid"] == os.getpid()
     release_folder(tmp_path)
+
+
+LOCK_RACE = textwrap.dedent('''
+    import sys, time
+    from tlunet.runners.results import FolderInUse, lock_folder
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    try:
+        lock_folder(sys.argv[1])
+        print("got", flush=True)
+        time.sleep(3)
+    except FolderInUse:
+        print("refused", flush=True)
+''')
+
+
+def test_processes_racing_for_a_folder_get_one_lock(tmp_path):
+    import time
+    start = time.time() + 4  # the interpreters start first, then all ask at once
+    racers = [subprocess.Popen([sys.executable, "-c", LOCK_RACE, str(tmp_path), str(start)], stdout=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    answers = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
+    assert answers == ["got", "refused", "refused", "refused"]
 
 
 def test_an_unwritable_out_is_one_line_naming_it(tmp_path, capsys, monkeypatch):

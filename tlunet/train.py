@@ -226,7 +226,7 @@ def atomic_write(path, write, needed=0):
     free = _free_bytes(folder)
     if needed and free < 1.5 * needed:
         raise OSError(errno.ENOSPC, f"{folder}: not enough free disk space to write {os.path.basename(path)} "
-                      f"({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB needed)")
+                      f"({free / 2**20:.1f} MiB free, about {1.5 * needed / 2**20:.1f} MiB needed)")
     try:
         write(tmp)
         _fsync(tmp)
@@ -251,7 +251,8 @@ def _free_bytes(folder):
 
 def _weights_bytes(model):
     """About what a weights file of `model` takes, with its optimizer's slots."""
-    variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + (list(optimizer.variables) if optimizer is not None else [])
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
 
@@ -487,6 +488,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
                              "learning_rate, lr_schedule, name")
         label = stage["strategy"] if isinstance(stage["strategy"], str) else "custom"  # a dict strategy
         name = stage.get("name") or f"stage{i}_{label}".replace(",", "_")
+        if os.path.basename(str(name)) != str(name) or str(name) in (".", "..") or os.path.isabs(str(name)):
+            raise ValueError(f"Stage {i} name {name!r} must be a plain folder name (it is a folder of {run_dir})")
         stage_dir = os.path.join(run_dir, name)
         done = os.path.join(stage_dir, "done.json")
         weights = os.path.join(stage_dir, "final.weights.npz")

@@ -34,7 +34,7 @@ from tlunet.resources import ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_size, check_split,
                                    check_split_sizes,
                                    resolve_path)
-from tlunet.runners.results import (cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
+from tlunet.runners.results import (save_model, cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
                                     write_csv, write_tables)
 from tlunet.train import compile_model, fit
 
@@ -188,7 +188,7 @@ def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
                     for c in (1, 2, 3)}
         return model, {"source": desc, "val_dice": val_dice}
 
-    model, info = cached_source(run_dir, train)
+    model, info = cached_source(run_dir, train, settings={"seed": cfg["seed"], "kind": kind, **s})
     log(f"[{cfg['name']}] {kind}-label segmentation on {info['source']}: val Dice "
         + ", ".join(f"{k} {v:.3f}" for k, v in info["val_dice"].items()))
     return model, info["val_dice"]
@@ -271,7 +271,7 @@ def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbo
             k = int(labels[test[j]])
             explain_figure(model, test_images[j], os.path.join(run_dir, "figures", f"explain_{names[k]}.png"),
                            names, true_label=k)
-    model.save(os.path.join(run_dir, "model.keras"))
+    save_model(model, os.path.join(run_dir, "model.keras"))
     row = {"run": spec["name"], "init": spec["init"], "stages": "all", "trainable_params": trainable_params(model),
            "weights": "random init" if spec["init"] == "random" else f"{spec['init']}-label segmentation model",
            "seg_val_dice": float(np.nanmean(list(seg_dice.values()))) if seg_dice else float("nan"),

@@ -212,6 +212,8 @@ def check_runs(cfg, path):
         check_model(merge(cfg["model"], run.get("model")), path, f"run {run['name']!r} model")
         try:
             for stage in stages(cfg, run):
+                if "name" in stage:
+                    check_folder_name(path, f"run {run['name']!r} stage name", stage["name"])
                 get_strategy(stage["strategy"])
                 check_schedule(path, f"run {run['name']!r} stage lr_schedule", stage.get("lr_schedule"))
                 check_numbers(path, stage, f"run {run['name']!r} stage", positive_ints=("epochs",),

@@ -28,7 +28,7 @@ from tlunet.resources import SAMPLE_PREFIX, ConfigError
 from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
-from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+from tlunet.runners.results import (save_model, UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, run_stages, weights_digest
 from tlunet.transfer import transfer_weights
@@ -218,7 +218,8 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
                        "name": p["data"].get("layout") or p["data"]["kind"]}
 
-    model, info = cached_source(os.path.join(exp_dir, "pretrain"), train)
+    model, info = cached_source(os.path.join(exp_dir, "pretrain"), train,
+                                settings={"seed": cfg["seed"], **p})
     log(f"[{cfg['name']}] source model: {p['model']['name']} pre-trained on {info['source']} ({info['images']} images, "
         f"{info['epochs']} epochs, final val Dice {info['val_dice']:.3f})")
     return model, info
@@ -291,7 +292,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
         bar.close()
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
-    model.save(os.path.join(run_dir, "model.keras"))
+    save_model(model, os.path.join(run_dir, "model.keras"))
     e = cfg["evaluation"]
     full = []
     cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], threshold=e["threshold"],

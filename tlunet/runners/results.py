@@ -9,6 +9,7 @@ when the experiment is started again). results/<experiment>/summary.{md,csv} gat
 import atexit
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ import yaml
 
 from tlunet.resources import ConfigError
 from tlunet.runners.config import check_sources, plan_runs, skip_message
-from tlunet.train import configure
+from tlunet.train import _weights_bytes, atomic_write, configure
 
 
 def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True):
@@ -56,52 +57,40 @@ _LOCKS = {}
 
 
 def lock_folder(folder):
-    """Takes `folder/.tlunet.lock` (pid, host and start time) for this process, so no second run
-    writes into the same folder; released when the process exits. A lock whose process is gone
-    (same host, pid no longer alive) is stale and taken over.
+    """Takes `folder/.tlunet.lock` for this process (an exclusive `flock`, with the pid, host and
+    start time written in it for the message), so no second run writes into the same folder. The
+    operating system drops the lock when the process ends, however it ends: a killed run leaves no
+    stale lock behind.
 
     Raises:
         FolderInUse: naming the folder and the pid (and host) holding it.
     """
     folder = os.path.abspath(folder)
     if folder in _LOCKS:
-        return _LOCKS[folder]
+        return _LOCKS[folder][0]
     path = os.path.join(folder, ".tlunet.lock")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    holder = json.load(f)
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, pid, host = {}, None, None  # unreadable: written by a process killed mid-write
-            if pid is not None and (host != me["host"] or _alive(pid)) and pid != me["pid"]:
-                where = "" if host == me["host"] else f" on host {host}"
-                raise FolderInUse(f"run folder {folder} is in use by pid {pid}{where} (since "
-                                  f"{holder.get('started', '?')}); wait for it to finish, or use another --out. "
-                                  f"If that process is gone, delete {path}.") from None
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        _LOCKS[folder] = path
-        atexit.register(_unlock, folder)
-        return path
-    raise FolderInUse(f"run folder {folder}: could not take {path}; another run may be starting there")
-
-
-def _alive(pid):
+    handle = open(path, "a+")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        try:
+            holder = json.loads(handle.read() or "{}")
+        except ValueError:
+            holder = {}
+        handle.close()
+        host = holder.get("host")
+        where = f" on host {host}" if host and host != socket.gethostname() else ""
+        raise FolderInUse(f"run folder {folder} is in use by pid {holder.get('pid', '?')}{where} (since "
+                          f"{holder.get('started', '?')}); wait for it to finish, or use another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+              handle)
+    handle.flush()
+    _LOCKS[folder] = (path, handle)
+    atexit.register(_unlock, folder)
+    return path
 
 
 def release_folder(folder):
@@ -110,13 +99,18 @@ def release_folder(folder):
 
 
 def _unlock(folder):
-    path = _LOCKS.pop(folder, None)
-    if path:
+    held = _LOCKS.pop(folder, None)
+    if held:
         with contextlib.suppress(OSError):
-            os.remove(path)
+            fcntl.flock(held[1], fcntl.LOCK_UN)
+            held[1].close()
 
 
-IGNORED_SETTINGS = ("profile", "paper", "description")  # change nothing a run computes
+# Settings that change nothing a finished run computed: its own entry of `runs` is compared as `run`
+# (others may be added or removed), `sweep` only names which runs exist, TensorBoard and the
+# distribution strategy change how, not what, it trains.
+IGNORED_SETTINGS = ("profile", "paper", "description", "runs", "sweep", "training.tensorboard",
+                    "training.distribute")
 
 
 def _flat(value, prefix=""):
@@ -134,12 +128,18 @@ def changed_settings(run_dir, cfg, run):
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        saved = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            saved = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}); delete {run_dir} to rerun that run") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: not a run config; delete {run_dir} to rerun that run")
     current = json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}))
     keys = [k for k in current if k not in IGNORED_SETTINGS]
     old, new = _flat({k: saved.get(k) for k in keys}), _flat({k: current[k] for k in keys})
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in IGNORED_SETTINGS]
 
 
 def read_done(run_dir, cfg=None, run=None):
@@ -150,7 +150,9 @@ def read_done(run_dir, cfg=None, run=None):
     not resumed under new settings.
     """
     done = os.path.join(run_dir, "done.json")
-    if cfg is not None:
+    started = os.path.isfile(done) or any(  # an epoch or a stage was saved: the run would resume from it
+        name in ("state.json", "done.json") for _, _, files in os.walk(run_dir) for name in files)
+    if cfg is not None and started:
         changes = changed_settings(run_dir, cfg, run)
         if changes:
             shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
@@ -175,8 +177,15 @@ def start_run(run_dir, seed):
 
 def write_config(run_dir, cfg, **record):
     """`config.yaml`: the effective config plus `record` (the run, fold, weights used, ...)."""
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | record, f, sort_keys=False)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | record, f, sort_keys=False)
+    atomic_write(os.path.join(run_dir, "config.yaml"), write)
+
+
+def save_model(model, path):
+    """`model.save(path)` written atomically, with a named error on a full disk."""
+    atomic_write(path, model.save, needed=_weights_bytes(model))
 
 
 def merged_history(stages):
@@ -201,12 +210,15 @@ def summary_row(spec, stages_done, weights_note, cases, measures, **extra):
 
 def finish_run(run_dir, row, title):
     """Writes the run's `summary.md` and, last, `done.json` (which marks it finished)."""
-    with open(os.path.join(run_dir, "summary.md"), "w") as f:
-        f.write(f"# {title}\n\n" + "\n".join(f"- {k}: {v}" for k, v in row.items()) + "\n")
-    tmp = os.path.join(run_dir, "done.json.partial")
-    with open(tmp, "w") as f:
-        json.dump(row, f)
-    os.replace(tmp, os.path.join(run_dir, "done.json"))
+    def summary(tmp):
+        with open(tmp, "w") as f:
+            f.write(f"# {title}\n\n" + "\n".join(f"- {k}: {v}" for k, v in row.items()) + "\n")
+
+    def done(tmp):
+        with open(tmp, "w") as f:
+            json.dump(row, f)
+    atomic_write(os.path.join(run_dir, "summary.md"), summary)
+    atomic_write(os.path.join(run_dir, "done.json"), done)
 
 
 def write_csv(path, rows):
@@ -214,10 +226,13 @@ def write_csv(path, rows):
     if not rows:
         return
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
 
 
 def mean_sd(rows, key):
@@ -277,26 +292,40 @@ def write_tables(exp_dir, lines, rows, log=print):
     log("\n".join(lines))
 
 
-def cached_source(run_dir, train):
+def cached_source(run_dir, train, settings=None):
     """A source model trained once per experiment folder and reused by every run (X-Unet's saliency
     pre-training, Wang 2020's lesion source, Gare's line segmentation).
 
     Args:
         run_dir: where `source.keras` and `source.json` live.
         train: () -> (model, info dict); called only when no finished source is there.
+        settings: what the source is made from (its data, model and training blocks); a finished
+            source made with other settings is refused (ConfigError listing what changed), never
+            reused as if it were this config's.
 
     Returns:
         (model, info).
     """
     path, meta = os.path.join(run_dir, "source.keras"), os.path.join(run_dir, "source.json")
+    settings = json.loads(json.dumps(settings)) if settings is not None else None
     if os.path.isfile(path) and os.path.isfile(meta):
         with open(meta) as f:
-            return keras.models.load_model(path), json.load(f)
+            info = json.load(f)
+        saved = info.get("settings")
+        if settings is not None and saved is not None and saved != settings:
+            old, new = _flat(saved), _flat(settings)
+            changes = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                       if old.get(k) != new.get(k)]
+            raise ConfigError(f"{run_dir} holds a source model made with other settings ({'; '.join(changes[:6])}). "
+                              "Use another --out, or delete that folder (and the runs made from it) to retrain it.")
+        return keras.models.load_model(path), info
     os.makedirs(run_dir, exist_ok=True)
     model, info = train()
-    model.save(path + ".partial.keras")
-    os.replace(path + ".partial.keras", path)
-    with open(meta + ".partial", "w") as f:
-        json.dump(info, f)
-    os.replace(meta + ".partial", meta)
+    info = {**info, **({"settings": settings} if settings is not None else {})}
+    save_model(model, path)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+    atomic_write(meta, write)
     return model, info

@@ -21,7 +21,7 @@ from tlunet.resources import ConfigError
 from tlunet.runners.config import (check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
-from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+from tlunet.runners.results import (save_model, UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, run_stages
 from tlunet.transfer import TRANSFER_METHODS
@@ -175,7 +175,8 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
         return model, {"source": desc, "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
 
-    model, info = cached_source(os.path.join(exp_dir, "pretrain"), train)
+    model, info = cached_source(os.path.join(exp_dir, "pretrain"), train,
+                                settings={"seed": cfg["seed"], **p})
     log(f"[{cfg['name']}] source model: {model.name} pre-trained on {info['source']}: {info['epochs']} epochs, "
         f"final val Dice {info['val_dice']:.3f}")
     return model, p
@@ -242,7 +243,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
     rows, preds = evaluate_volumes(model, test_cases, cfg["inference"])
     write_csv(os.path.join(run_dir, "metrics.csv"), rows)
     slice_overlays(test_cases, preds, os.path.join(run_dir, "figures", "overlays.png"))
-    model.save(os.path.join(run_dir, "model.keras"))
+    save_model(model, os.path.join(run_dir, "model.keras"))
     row = summary_row(spec, done, weights_note, rows, MEASURES, fold=fold, transfer=method or "—",
                       n_train=len(train), n_test=len(test))
     finish_run(run_dir, row, name)
