@@ -1,0 +1,58 @@
+"""Scores a finished HC18 run's test fetuses the way a deployed model meets them: the run's
+`model.keras` goes through `tlunet export`, and the SavedModel's `serve` endpoint segments each
+full-size scan; the mask is `serve(...) >= 0.5`, nothing else (no test-time augmentation, no
+largest-component step). Dice and Hausdorff against the filled annotation at full size, HC (DF,
+ADF) from the mask with the CSV's pixel size. The test split is rebuilt from the run's config.yaml.
+
+    python tools/exported_test_hc18.py results/wang2023_fetal_head/scratch ../shared/data/hc18
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import yaml
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a finished run folder (config.yaml, model.keras)")
+    parser.add_argument("hc18", help="the HC18 folder the run was trained on")
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    from tlunet.biometry import head_circumference
+    from tlunet.data import experiment_splits
+    from tlunet.data.hc18 import find_hc18, load_hc18_record
+    from tlunet.evaluation import dice, hausdorff
+
+    with open(os.path.join(args.run, "config.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    records = find_hc18(args.hc18)
+    groups = [r.subject for r in records]
+    _, _, test = experiment_splits(len(records), cfg["data"]["split"], cfg["seed"], groups, None)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "saved_model")
+        tlunet_cli = os.path.join(os.path.dirname(sys.executable), "tlunet")
+        subprocess.run([tlunet_cli, "export", os.path.join(args.run, "model.keras"), saved], check=True,
+                       capture_output=True)
+        served = tf.saved_model.load(saved)
+        rows = []
+        for i in test:
+            r = records[i]
+            image, truth = load_hc18_record(r)
+            pred = served.serve(tf.constant(image[None])).numpy()[0, ..., 0] >= 0.5
+            hc = head_circumference(pred, r.pixel_size) if pred.any() else np.nan
+            rows.append((dice(pred, truth > 0), hc - r.hc_mm,
+                         hausdorff(pred, truth > 0, spacing=(r.pixel_size, r.pixel_size))))
+    d, df, hd = (np.array(v, float) for v in zip(*rows))
+    print(f"{len(test)} test images of {len({groups[i] for i in test})} fetuses via `tlunet export` (serve >= 0.5):")
+    print(f"  Dice {d.mean():.4f} (median {np.median(d):.4f}, min {d.min():.4f}); ADF {np.nanmean(np.abs(df)):.2f} mm "
+          f"(median {np.nanmedian(np.abs(df)):.2f}); DF {np.nanmean(df):+.2f} mm; Hausdorff {np.nanmean(hd):.2f} mm")
+
+
+if __name__ == "__main__":
+    main()
