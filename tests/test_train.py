@@ -216,3 +216,16 @@ def test_gradient_accumulation_updates_like_the_larger_batch():
     assert not np.allclose(big[0], plain[0])  # two separate updates of 2 differ
     with pytest.raises(ValueError, match=r"`gradient_accumulation` must be a whole number >= 1. Received: 0"):
         compile_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]), gradient_accumulation=0)
+
+
+def test_a_plateau_schedule_without_validation_data_is_refused(tmp_path):
+    x, y = _tiny_data()
+    model = compile_model(tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64)))
+    with pytest.raises(ValueError, match=r"plateau monitors 'val_loss' but this fit has no validation data"):
+        fit(model, make_dataset(x, y, batch_size=4), None, run_dir=str(tmp_path), epochs=1, lr_schedule="plateau")
+
+
+def test_set_can_give_an_option_of_a_schedule_named_by_a_string():
+    from tlunet.runners.config import merge, parse_overrides
+    cfg = merge({"training": {"lr_schedule": "cosine"}}, parse_overrides(["training.lr_schedule.warmup_epochs=2"]))
+    assert cfg["training"]["lr_schedule"] == {"name": "cosine", "warmup_epochs": 2}

@@ -100,7 +100,7 @@ def _cmd_train(args):
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,
                      "jit_compile": args.xla, "tensorboard": args.tensorboard, "distribute": args.distribute,
-                     **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {})},
+                     **({"lr_schedule": {"name": args.lr_schedule}} if args.lr_schedule else {})},
         "runs": [{"name": args.strategy, "strategy": args.strategy}],
     }
     if args.kind != "pairs":

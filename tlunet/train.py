@@ -2,8 +2,9 @@
 determinism, mixed precision, XLA and tf.distribute.
 
 A run lives in one directory. Killing a run and starting the same command again continues from the
-last completed epoch (weights, optimizer state and epoch counter come back from
-`keras.callbacks.BackupAndRestore`); a multi-stage run also skips the stages already finished.
+last completed epoch (weights, optimizer state, epoch counter and best-epoch bookkeeping come back
+from `RunCheckpoint`, which writes every file atomically); a multi-stage run also skips the stages
+already finished.
 """
 
 import contextlib
@@ -450,6 +451,10 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
     if tf.distribute.has_strategy():  # Keras 3 cannot fit under MultiWorkerMirroredStrategy, nor under
         from tlunet._keras_compat import patch_for_distribution  # any strategy when a batch splits unevenly
         patch_for_distribution(model)
+    spec = check_lr_schedule(lr_schedule)
+    if spec["name"] == "plateau" and spec["monitor"].startswith("val_") and val_ds is None:
+        raise ValueError(f"lr_schedule plateau monitors {spec['monitor']!r} but this fit has no validation data; "
+                         "give it validation data or set the schedule's monitor to 'loss'")
     schedule = lr_schedule_callback(lr_schedule, epochs, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     callbacks = ([schedule] if schedule else []) + list(callbacks or [])
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles

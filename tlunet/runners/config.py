@@ -24,6 +24,8 @@ def merge(base, over):
     """`base` updated by `over`, recursively for dicts (neither is changed)."""
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
+        if k == "lr_schedule" and isinstance(out.get(k), str) and isinstance(v, dict):
+            out[k] = {"name": out[k]}  # `cosine` then `lr_schedule.warmup_epochs=2`: the named schedule's option
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 

@@ -207,12 +207,13 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
         with distribution_scope(cfg):
             model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["image_size"], p["data"]["channels"]),
                                        **{k: v for k, v in p["model"].items() if k != "name"})
-            compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"])
+            compile_model(model, loss=t["loss"], learning_rate=t["learning_rate"], optimizer=t["optimizer"],
+                          gradient_accumulation=t["gradient_accumulation"])
             history = fit(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], p["data"].get("augment"),
                                               seed=cfg["seed"]),
                           make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
                           run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
-                          lr_schedule=t.get("lr_schedule"),
+                          lr_schedule=t.get("lr_schedule"), tensorboard=t["tensorboard"],
                           callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],

@@ -166,11 +166,12 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
         with distribution_scope(cfg):
             model = tlunet.build_model(p["model"]["name"], input_shape=(*p["data"]["patch_size"], 1),
                                        **{k: v for k, v in p["model"].items() if k not in ("name", "encoder_weights")})
-            compile_model(model, loss=p["training"]["loss"], learning_rate=p["training"]["learning_rate"])
+            compile_model(model, loss=p["training"]["loss"], learning_rate=p["training"]["learning_rate"],
+                          optimizer=p["training"]["optimizer"], gradient_accumulation=p["training"]["gradient_accumulation"])
             history = fit(model, _patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], True),
                           _patches(p_cfg, p["data"], cases[:n_val], cfg["seed"] + 99, False),
                           run_dir=os.path.join(exp_dir, "pretrain"), epochs=p["training"]["epochs"], verbose=verbose,
-                          lr_schedule=p["training"].get("lr_schedule"),
+                          lr_schedule=p["training"].get("lr_schedule"), tensorboard=p["training"]["tensorboard"],
                           callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))])
         return model, {"source": desc, "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
