@@ -257,6 +257,11 @@ def _weights_bytes(model):
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
 
+def save_model(model, path):
+    """`model.save(path)` written atomically (`atomic_write`), with a named error on a full disk."""
+    return atomic_write(path, model.save, needed=_weights_bytes(model))
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Crash-safe training state of one run folder; resumes a killed run where it stopped.
 
@@ -371,7 +376,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         size = _weights_bytes(self.model)
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
-            atomic_write(os.path.join(self.run_dir, "best.keras"), self.model.save, needed=size)
+            save_model(self.model, os.path.join(self.run_dir, "best.keras"))
             if self.restore_best:
                 self.best_weights = self.model.get_weights()
                 atomic_write(os.path.join(self.backup, "best.weights.h5"), self.model.save_weights, needed=size)

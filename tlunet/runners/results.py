@@ -21,7 +21,7 @@ import yaml
 
 from tlunet.resources import ConfigError
 from tlunet.runners.config import check_sources, plan_runs, skip_message
-from tlunet.train import _weights_bytes, atomic_write, configure
+from tlunet.train import atomic_write, configure, save_model  # noqa: F401 - save_model: the runners' import
 
 
 def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True):
@@ -182,10 +182,6 @@ def write_config(run_dir, cfg, **record):
             yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | record, f, sort_keys=False)
     atomic_write(os.path.join(run_dir, "config.yaml"), write)
 
-
-def save_model(model, path):
-    """`model.save(path)` written atomically, with a named error on a full disk."""
-    atomic_write(path, model.save, needed=_weights_bytes(model))
 
 
 def merged_history(stages):
