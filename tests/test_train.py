@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     rng = np.random.default_rng(0)
     x = (rng.random((8, 32, 32, 1)) * 255).astype("uint8")
     y = (x[..., 0] > 127).astype("uint8")
-    ds = make_dataset(x, y, batch_size=4, augment=None, shuffle=False)
+    ds = make_dataset(x, y, batch_size=4, augment="wang2023", seed=seed)  # reshuffled + augmented each epoch
     model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
     compile_model(model, learning_rate=1e-2)
 
@@ -67,7 +67,8 @@ def test_same_seed_gives_bit_identical_weights_and_resume_continues(tmp_path):
     history = read_history(d / "history.csv")
     assert history["epoch"] == [0, 1, 2, 3]  # continued at epoch 2, not from scratch
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["iterations"] == 4 * 2
-    # Weights, optimizer state and epoch counter came back: the result equals the uninterrupted run.
+    # Weights, optimizer state and epoch counter came back, and the resumed epochs saw the batches
+    # (order and augmentation) the uninterrupted run saw: the result equals the uninterrupted run.
     np.testing.assert_array_equal(np.load(d / "final.npy"), wa)
 
 

@@ -425,8 +425,19 @@ def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
     return callbacks + list(extra or [])
 
 
+class _DataEpoch(keras.callbacks.Callback):
+    """Sets a tlunet dataset's `EpochClock` to `offset` + Keras' epoch before each epoch's pass."""
+
+    def __init__(self, clock, offset=0):
+        super().__init__()
+        self.clock, self.offset = clock, offset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock.next = self.offset + epoch
+
+
 def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience=None,
-        tensorboard=False, callbacks=None, verbose="auto", lr_schedule=None):
+        tensorboard=False, callbacks=None, verbose="auto", lr_schedule=None, data_epoch=0):
     """`model.fit` with best checkpoint, CSV history, early stopping, optional TensorBoard, and
     resume-from-last-epoch. The model must be compiled.
 
@@ -444,6 +455,9 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
             each epoch is recorded in history.csv as `learning_rate`.
         callbacks: extra callbacks.
         verbose: Keras progress bar setting.
+        data_epoch: the pass over `train_ds` that epoch 0 takes (tlunet datasets shuffle and augment
+            pass k from their seed and k alone, so a resumed run replays the uninterrupted run's
+            batches; `run_stages` gives each stage its own passes).
 
     Returns:
         dict of lists: the history of all epochs of the run so far (read back from history.csv).
@@ -462,6 +476,9 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
                          "give it validation data or set the schedule's monitor to 'loss'")
     schedule = lr_schedule_callback(lr_schedule, epochs, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     callbacks = ([schedule] if schedule else []) + list(callbacks or [])
+    clock = getattr(train_ds, "epoch_clock", None)
+    if clock is not None:  # tlunet pipelines: epoch k's batches depend on k alone, so a resume replays them
+        callbacks.append(_DataEpoch(clock, data_epoch))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
               callbacks=_callbacks(run_dir, monitor, mode, patience, tensorboard, callbacks))
     return read_history(os.path.join(run_dir, "history.csv"))
@@ -491,7 +508,9 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
         list of per-stage dicts {name, strategy, trainable_params, epochs_run, history}.
     """
     results = []
+    passes = 0  # each stage takes its own passes over the data (from its configured epochs)
     for i, stage in enumerate(stages):
+        data_epoch, passes = passes, passes + int(stage.get("epochs", 0))
         unknown = set(stage) - {"strategy", "epochs", "learning_rate", "name", "lr_schedule"}
         if unknown:
             raise ValueError(f"Stage {i} has unknown keys {sorted(unknown)}; valid: strategy, epochs, "
@@ -513,7 +532,7 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
         history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
-                      lr_schedule=stage.get("lr_schedule", lr_schedule), **fit_kwargs)
+                      lr_schedule=stage.get("lr_schedule", lr_schedule), data_epoch=data_epoch, **fit_kwargs)
         values = model.get_weights()
         atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
                      needed=sum(w.nbytes for w in values))

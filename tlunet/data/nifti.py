@@ -8,6 +8,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from tlunet.data.augment import augment_volume
+from tlunet.data.epochs import EpochClock, attach_clock
 from tlunet.data.io import DataError
 
 
@@ -184,23 +185,23 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
     for i, (v, m) in enumerate(zip(volumes, masks)):
         if v.shape != m.shape:
             raise ValueError(f"volume {i} has shape {v.shape} but its mask {m.shape}")
-    epoch = [0]
+    clock = EpochClock()  # epoch k's patches and augmentation depend only on (seed, k): resumable
 
     def generate():
-        rng = np.random.default_rng([seed, epoch[0]])
-        epoch[0] += 1
+        rng = np.random.default_rng([seed, clock.take()])
         order = rng.permutation(np.repeat(np.arange(len(volumes)), patches_per_volume))
         for i in order:
             image, mask = sample_patch(volumes[i], masks[i], patch_size, rng, foreground_prob)
-            yield image[..., None].astype(np.float32), mask[..., None].astype(np.float32)
+            yield (image[..., None].astype(np.float32), mask[..., None].astype(np.float32),
+                   rng.integers(0, 2 ** 62, size=2, dtype=np.int64))
 
     spec = tf.TensorSpec((*patch_size, 1), tf.float32)
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, tf.TensorSpec((2,), tf.int64)))
     # a known length lets Keras count steps (and not warn that the generator "ran out of data")
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(volumes) * patches_per_volume))
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, s: augment_volume(pair[0], pair[1], s, rot90=patch_size[1] == patch_size[2]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(lambda image, mask, s: augment_volume(image, mask, s, rot90=patch_size[1] == patch_size[2]),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda image, mask, s: (image, mask))
+    return attach_clock(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), clock)

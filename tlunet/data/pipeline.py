@@ -14,6 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tlunet.data.augment import augment_batch, get_augment_config
+from tlunet.data.epochs import EpochClock, attach_clock, epoch_numbers, pass_key
 from tlunet.data.io import check_same_size, read_image, read_mask
 
 
@@ -121,7 +122,9 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
         augment: None, an augmentation preset name ("wang2023", "cheng2021", ...), a dict or an
             `AugmentConfig`.
         shuffle: reshuffle every epoch (seeded).
-        seed: seeds the shuffle and every augmentation draw; the same seed gives the same stream.
+        seed: seeds the shuffle and every augmentation draw; the same seed gives the same stream, and
+            epoch k's order and draws depend only on the seed and k (`tlunet.data.epochs`), so a
+            resumed run sees what an uninterrupted one would.
         repeat: repeat forever (for steps_per_epoch-style training).
         drop_remainder: drop a last partial batch.
 
@@ -147,18 +150,29 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
 
 
 def _seeded_batches(arrays, prepare, batch_size, shuffle, seed, repeat=False, drop_remainder=False):
-    """Shuffle (seeded, reshuffled every epoch), pair every sample with its own stateless-RNG seed,
-    batch, then `prepare(batch, seeds)` in parallel with a deterministic order, and prefetch."""
-    ds = tf.data.Dataset.from_tensor_slices(arrays)
-    if shuffle:
-        ds = ds.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    if repeat:
-        ds = ds.repeat()
+    """Batches of `arrays`, `prepare(batch, seeds)` mapped in parallel with a deterministic order, and
+    prefetched. Each pass over the data is shuffled (seeded) and each sample gets its own
+    stateless-RNG seed, both drawn from (seed, pass number) alone (`tlunet.data.epochs`): a run
+    resumed at epoch k sees the batches an uninterrupted run would."""
+    n = len(arrays[0])
+    constants = tuple(tf.constant(np.asarray(a)) for a in arrays)
+    clock = EpochClock()
+
+    def one_pass(epoch):
+        key = pass_key(seed, epoch)
+        order = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, seed=key)
+        seeds = tf.random.stateless_uniform([n, 2], seed=key + [0, 1 << 40], minval=None, maxval=None,
+                                            dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((order, seeds))
+
+    ds = epoch_numbers(clock, forever=repeat).flat_map(one_pass)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY if repeat else n))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda index, seeds: prepare(tuple(tf.gather(c, index) for c in constants), seeds),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return attach_clock(ds.prefetch(tf.data.AUTOTUNE), clock)
 
 
 def make_classification_dataset(frames, labels, size, batch_size=16, augment=None, shuffle=True,
