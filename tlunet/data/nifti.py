@@ -163,7 +163,7 @@ def sample_patch(volume, mask, patch_size, rng, foreground_prob=0.33):
 
 
 def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_volume=4,
-                       foreground_prob=0.33, seed=0, augment=True):
+                       foreground_prob=0.33, seed=0, augment=True, fixed=False):
     """Random training patches from whole volumes as a tf.data pipeline (one epoch =
     `patches_per_volume` patches from each volume, in a seeded order).
 
@@ -176,6 +176,8 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
         foreground_prob: chance that a patch is centred on a foreground voxel.
         seed: seeds patch positions (different every epoch) and augmentation.
         augment: 3D flips + axial rot90 (`augment_volume`); needs cubic-in-plane patches (h == w).
+        fixed: the same patches every pass (a validation set whose score can be compared across
+            epochs, and is the same after a resume); else new patches every epoch.
 
     Returns:
         `tf.data.Dataset` of (float32 (B, d, h, w, 1), float32 (B, d, h, w, 1)).
@@ -188,7 +190,8 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
     clock = EpochClock()  # epoch k's patches and augmentation depend only on (seed, k): resumable
 
     def generate():
-        rng = np.random.default_rng([seed, clock.take()])
+        epoch = clock.take()
+        rng = np.random.default_rng([seed, 0 if fixed else epoch])
         order = rng.permutation(np.repeat(np.arange(len(volumes)), patches_per_volume))
         for i in order:
             image, mask = sample_patch(volumes[i], masks[i], patch_size, rng, foreground_prob)
@@ -199,9 +202,10 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
     ds = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, tf.TensorSpec((2,), tf.int64)))
     # a known length lets Keras count steps (and not warn that the generator "ran out of data")
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(volumes) * patches_per_volume))
-    if augment:
-        ds = ds.map(lambda image, mask, s: augment_volume(image, mask, s, rot90=patch_size[1] == patch_size[2]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda image, mask, s: (image, mask))
+    rot90 = patch_size[1] == patch_size[2]
+
+    def prepare(image, mask, seed_pair):  # a named function: AutoGraph mis-parses two lambdas alike
+        return augment_volume(image, mask, seed_pair, rot90=rot90) if augment else (image, mask)
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return attach_clock(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), clock)

@@ -151,7 +151,7 @@ def _patches(cfg, d, cases, seed, training):
     return make_patch_dataset([c["image"] for c in cases], [c["mask"] for c in cases], tuple(d["patch_size"]),
                               batch_size=t["batch_size"], patches_per_volume=t["patches_per_volume"],
                               foreground_prob=t["foreground_prob"], seed=seed,
-                              augment=bool(t["augment"]) and training)
+                              augment=bool(t["augment"]) and training, fixed=not training)
 
 
 def pretrain(cfg, exp_dir, verbose=0, log=print):
