@@ -56,7 +56,7 @@ setup(
         # setuptools/wheel: the install test builds a wheel of this checkout without build isolation.
         # nbclient/nbformat/ipykernel: tests/test_notebooks.py executes examples/*.ipynb; DOCS: tests/test_docs.py
         # builds the API reference with `mkdocs build --strict`.
-        "dev": ["pytest>=7", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel",
+        "dev": ["pytest>=7", "pytest-xdist>=3", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel",
                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", *DOCS, *EXPORT],
         "docs": DOCS,
         # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.

@@ -13,7 +13,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     """Each test starts from a clean Keras graph/name state and a fixed seed."""
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # no gc.collect per test: seconds each, and Python collects anyway
     keras.utils.set_random_seed(0)
     yield
 
