@@ -320,15 +320,21 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
+    has_hc = any(np.isfinite(r.get("hc_abs_error_mm", float("nan"))) for r in rows)
+    has_paper = any(paper_value(paper, r["run"]) != "—" for r in rows)
     lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. {UNITS}. Measures at the model's "
-             "input size; HC error from the probabilities resized to the scan's own size.", "",
-             "| run | fraction | trainable params | Dice (ours) | Dice (paper) | mIoU | pixel acc. | HC MAE (mm) | epochs | test cases | initial weights |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "input size" + ("; HC error from the probabilities resized to the scan's own size." if has_hc else "."), "",
+             "| run | fraction | trainable params | Dice (ours) |" + (" Dice (paper) |" if has_paper else "") +
+             " mIoU | pixel acc. |" + (" HC MAE (mm) |" if has_hc else "") + " epochs | test cases | initial weights |",
+             "|---|---:|---:|---:|" + ("---:|" if has_paper else "") + "---:|---:|" + ("---:|" if has_hc else "") +
+             "---:|---:|---|"]
     for r in rows:
         sd = f" ± {fmt(r['dice_sd'])}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
-        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | "
-                     f"{paper_value(paper, r['run'])} | {fmt(r['miou'])} | {fmt(r['pixel_accuracy'])} | "
-                     f"{fmt(r['hc_abs_error_mm'], 1, 2)} | {r['epochs']} | {r['n_test']} | {r['weights']} |")
+        lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | " +
+                     (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
+                     f"{fmt(r['miou'])} | {fmt(r['pixel_accuracy'])} | " +
+                     (f"{fmt(r['hc_abs_error_mm'], 1, 2)} | " if has_hc else "") +
+                     f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
     challenge = [r for r in rows if np.isfinite(r.get("adf_mm", float("nan")))]
     if challenge:
         tta = " with flip test-time augmentation" if cfg["evaluation"]["tta"] == "flip" else ""
@@ -348,9 +354,10 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)
-    dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), title=f"{cfg['name']} ({cfg['profile']})",
-                   paper={k: v / (100.0 if paper.get("dice_scale") == "percent" else 1.0)
-                          for k, v in (paper.get("dice") or {}).items() if isinstance(v, (int, float))})
+    if len({r["trainable_params"] for r in rows}) > 1:  # a Dice-vs-size plot needs sizes that differ
+        dice_vs_params(rows, os.path.join(exp_dir, "dice_vs_params.png"), title=f"{cfg['name']} ({cfg['profile']})",
+                       paper={k: v / (100.0 if paper.get("dice_scale") == "percent" else 1.0)
+                              for k, v in (paper.get("dice") or {}).items() if isinstance(v, (int, float))})
     if len(cfg["sweep"]["fractions"]) > 1:
         repeats = "seeds" if cfg["sweep"]["seeds"] else "folds" if cfg["sweep"]["folds"] else None
         dice_vs_fraction(rows, os.path.join(exp_dir, "dice_vs_fraction.png"),
