@@ -70,3 +70,12 @@ def test_predict_folder_writes_masks_overlays_and_hc(tmp_path):
     with open(tmp_path / "out" / "predictions.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
     assert (tmp_path / "out" / "overlays" / "2_HC.png").exists()
+
+
+def test_flip_tta_is_savedmodel_only_and_named(model, tmp_path):
+    from tlunet.export import export_model
+    with pytest.raises(ValueError, match="SavedModel's serve endpoint only"):
+        export_model(model, tmp_path / "m.tflite", format="litert", tta="flip")
+    with pytest.raises(ValueError, match="tta must be None or 'flip'"):
+        export_savedmodel(model, tmp_path / "sm", tta="flips")
+    assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "sm").exists()

@@ -42,6 +42,7 @@ def trained_run(tmp_path_factory):
                  "split": [0.5, 0.25, 0.25]},
         "model": {"name": "mobilenetv2_unet", "encoder_weights": None},
         "training": {"epochs": 1, "batch_size": 4},
+        "evaluation": {"tta": "flip"},
         "runs": [{"name": "two_stage", "stages": [{"strategy": "decoder", "epochs": 1}, {"strategy": "all", "epochs": 1}]}],
     }, str(tmp / "tiny.yaml"))
     run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
@@ -51,11 +52,15 @@ def trained_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["model.keras", "stage1_all/best.keras"])
 def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which):
+    """The run's model.keras exports with the run's flip test-time augmentation built into `serve`
+    (its config.yaml says evaluation.tta: flip); a stage's best.keras, with no config beside it, bare."""
     model_path = trained_run / which
     assert model_path.is_file()
     done = _console("export", model_path, tmp_path / "sm", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "SavedModel written" in done.stdout
+    flip = which == "model.keras"
+    assert ("flip test-time augmentation" in done.stdout) == flip
     assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
     served = tf.saved_model.load(str(tmp_path / "sm"))
     image = np.asarray(tf.io.decode_png(tf.io.read_file(
@@ -66,8 +71,18 @@ def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which)
     import keras
     model = keras.models.load_model(model_path)
     x = tf.image.resize(image[None] / 255.0, model.input_shape[1:3], antialias=True)
-    expected = tf.image.resize(model(x), image.shape[:2]).numpy()
+    probs = model(x)
+    if flip:  # the mean of the image's and its mirror's probabilities, as the run was evaluated
+        probs = (probs + tf.reverse(model(tf.reverse(x, [2])), [2])) / 2
+    expected = tf.image.resize(probs, image.shape[:2]).numpy()
     assert np.abs(out - expected).max() < 1e-4
+    if flip:  # and it differs from the bare model, which --tta none exports
+        bare = tf.image.resize(model(x), image.shape[:2]).numpy()
+        assert np.abs(out - bare).max() > 1e-3
+        done = _console("export", model_path, tmp_path / "bare", "--tta", "none", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert np.abs(tf.saved_model.load(str(tmp_path / "bare")).serve(tf.constant(image[None])).numpy()
+                      - bare).max() < 1e-4
 
 
 @pytest.mark.slow

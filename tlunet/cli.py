@@ -6,6 +6,7 @@ import sys
 
 import keras
 import numpy as np
+import yaml
 
 import tlunet
 from tlunet._quiet import quiet_tensorflow
@@ -155,6 +156,25 @@ def _cmd_predict(args):
     return 0
 
 
+def _export_tta(args):
+    """(tta, where it came from): --tta, else the `evaluation.tta` of the run folder's config.yaml
+    when the model is a run's model.keras, so the export predicts as the run was evaluated."""
+    if args.tta is not None:
+        return (None if args.tta == "none" else args.tta), "--tta"
+    config = os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
+    if not os.path.isfile(config):
+        return None, None
+    try:
+        with open(config) as f:
+            saved = yaml.safe_load(f) or {}
+        tta = (saved.get("evaluation") or {}).get("tta")
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise ValueError(f"{config}: unreadable run config beside {args.model} ({e}); pass --tta none or flip") from e
+    if tta not in (None, "flip"):
+        raise ValueError(f"{config}: evaluation.tta is {tta!r}; pass --tta none or flip")
+    return tta, config
+
+
 def _cmd_export(args):
     from tlunet.data import find_pairs, load_arrays
     from tlunet.export import SUFFIXES, export_model, export_shape, quantization_report, read_images
@@ -169,10 +189,20 @@ def _cmd_export(args):
         raise ValueError("--representative calibrates int8 quantisation; add --quantize int8")
     if args.validation_data and fmt != "litert":
         raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
+    tta, tta_from = _export_tta(args)
+    if tta and fmt != "savedmodel":
+        if tta_from == "--tta":
+            raise ValueError(f"--tta flip is built into a SavedModel's serve endpoint only; a --format {fmt} file is "
+                             "the bare model")
+        print(f"Note: {tta_from} evaluated the run with flip test-time augmentation; a {fmt} file is the bare model "
+              "(average its output on each image and its left-right mirror to predict as the run was evaluated).")
+        tta = None
     model = _load_model(args.model)
     if fmt == "savedmodel":
-        path = export_savedmodel(model, args.output, size=args.size)
-        print(f"SavedModel written to {path}. Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
+        path = export_savedmodel(model, args.output, size=args.size, tta=tta)
+        flip = (f" serve averages each image's and its mirror's probabilities (flip test-time augmentation, from "
+                f"{tta_from}; --tta none for the bare model).") if tta else ""
+        print(f"SavedModel written to {path}.{flip} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
               "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
               "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
               "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
@@ -295,6 +325,9 @@ def build_parser():
                    help="default: litert for *.tflite, onnx for *.onnx, else savedmodel. LiteRT and ONNX files take "
                         "float32 images in [0, 1] at the model's input size")
     p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="flip: the SavedModel's serve averages each image's and its mirror's probabilities. Default: "
+                        "the evaluation.tta of the run's config.yaml when MODEL is a run's model.keras, else none")
     p.add_argument("--quantize", choices=["int8"], help="LiteRT full-integer quantisation (float32 in and out)")
     p.add_argument("--representative", metavar="FOLDER",
                    help="images that calibrate --quantize int8 (a folder of images, or one with images/)")

@@ -24,7 +24,7 @@ SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 INSTALL_HINT = "pip install 'tlunet[export]'"
 
 
-def export_savedmodel(model, path, size=None):
+def export_savedmodel(model, path, size=None, tta=None):
     """Writes a SavedModel with three endpoints.
 
     - `serve(images)`: (N, H, W, C) images of any H, W, either uint8 (0-255) or float32 in
@@ -55,10 +55,15 @@ def export_savedmodel(model, path, size=None):
         path: output directory (must not exist).
         size: (H, W) to resize to when the model accepts any size (None dims); default: the
             model's own input size.
+        tta: None, or "flip" to average `serve`'s (and `serve_float`'s) probabilities of each image
+            and of its left-right mirror, as an experiment run with `evaluation.tta: flip` evaluated
+            it (twice the compute). `serve_model` stays the bare model.
 
     Returns:
         `path`.
     """
+    if tta not in (None, "flip"):
+        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; export into a new directory")
@@ -75,7 +80,10 @@ def export_savedmodel(model, path, size=None):
         original = tf.shape(x)[1:3]
         # antialias: shrinking an 800x540 scan to the model's size must average pixels (as training's
         # PIL resize does), not sample every few of them, or speckle reaches the model as noise.
-        y = model(tf.image.resize(x, size, method="bilinear", antialias=True), training=False)
+        x = tf.image.resize(x, size, method="bilinear", antialias=True)
+        y = tf.cast(model(x, training=False), tf.float32)
+        if tta == "flip":  # the mean of the image's and its mirror's probabilities, as evaluation does
+            y = (y + tf.reverse(tf.cast(model(tf.reverse(x, [2]), training=False), tf.float32), [2])) / 2.0
         return tf.image.resize(tf.cast(y, tf.float32), original, method="bilinear")
 
     @tf.function
@@ -125,7 +133,7 @@ def _unit_range(images):
 
 
 # ------------------------------------------------------------------------------ LiteRT and ONNX
-def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None):
+def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None, tta=None):
     """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file.
 
     - "savedmodel": `export_savedmodel` (uint8 or float32 images of any size; see there).
@@ -160,6 +168,8 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
             (100-500 validation or training images, not random noise, which would calibrate the
             ranges wrongly): an array (N, *size, channels) or an iterable of images or batches, or
             a callable returning one; float in [0, 1] or uint8 (0-255, divided by 255).
+        tta: None, or "flip" (SavedModel only): `serve` averages each image's and its mirror's
+            probabilities (`export_savedmodel`).
 
     Returns:
         `path`.
@@ -179,8 +189,11 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
         raise ValueError(f"quantize={quantize!r} is for format='litert' only. Received: format={format!r}")
     if representative_data is not None and not quantize:
         raise ValueError("`representative_data` calibrates int8 quantisation; pass quantize='int8' with it")
+    if tta is not None and format != "savedmodel":
+        raise ValueError(f"tta={tta!r} is built into SavedModel's serve endpoint only; a {format} file is the bare "
+                         "model (average its output on the image and on its left-right mirror yourself)")
     if format == "savedmodel":
-        return export_savedmodel(model, path, size=size)
+        return export_savedmodel(model, path, size=size, tta=tta)
 
     path = os.fspath(path)
     suffix = SUFFIXES[format]

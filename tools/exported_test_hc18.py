@@ -1,7 +1,8 @@
 """Scores a finished HC18 run's test fetuses the way a deployed model meets them: the run's
 `model.keras` goes through `tlunet export`, and the SavedModel's `serve` endpoint segments each
-full-size scan; the mask is `serve(...) >= 0.5`, nothing else (no test-time augmentation, no
-largest-component step). Dice and Hausdorff against the filled annotation at full size, HC (DF,
+full-size scan; the mask is `serve(...) >= 0.5`, nothing else (no largest-component step). The
+export is `tlunet export`'s default for a run folder: with the run's `evaluation.tta` built in (flip
+for the `cpu` profile); `--tta none` scores the bare model. Dice and Hausdorff against the filled annotation at full size, HC (DF,
 ADF) from the mask with the CSV's pixel size. The test split is rebuilt from the run's config.yaml.
 
     python tools/exported_test_hc18.py results/wang2023_fetal_head/scratch ../shared/data/hc18
@@ -21,6 +22,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished run folder (config.yaml, model.keras)")
     parser.add_argument("hc18", help="the HC18 folder the run was trained on")
+    parser.add_argument("--tta", choices=["none", "flip"], help="passed to tlunet export (default: the run's)")
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -37,8 +39,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
         tlunet_cli = os.path.join(os.path.dirname(sys.executable), "tlunet")
-        subprocess.run([tlunet_cli, "export", os.path.join(args.run, "model.keras"), saved], check=True,
-                       capture_output=True)
+        done = subprocess.run([tlunet_cli, "export", os.path.join(args.run, "model.keras"), saved,
+                               *(["--tta", args.tta] if args.tta else [])], check=True, capture_output=True, text=True)
+        print(done.stdout.strip().split(" Endpoints:")[0])
         served = tf.saved_model.load(saved)
         rows = []
         for i in test:
