@@ -159,3 +159,42 @@ def test_a_worker_killed_mid_run_and_the_job_restarted_ends_as_an_uninterrupted_
     assert _digest(results[0][1] + results[0][2]) == _digest(reference[1] + reference[2])
     history = (out / "mw" / "all" / "history.csv").read_text().splitlines()
     assert [int(float(line.split(",")[0])) for line in history[1:]] == list(range(6))
+
+
+SAME_AS_SINGLE = """
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, tlunet
+from tlunet.data import make_dataset
+from tlunet.train import compile_model, configure, fit, get_distribution_strategy
+rng = np.random.default_rng(0)
+x = (rng.random((12, 32, 32, 1)) * 255).astype("uint8")
+y = (x[..., 0] > 127).astype("uint8")
+weights = {}
+for mode in ("single", "mirrored"):
+    configure(seed=0, deterministic=True)
+    scope = get_distribution_strategy("mirrored").scope() if mode == "mirrored" else tf.distribute.get_strategy().scope()
+    with scope:
+        model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
+        compile_model(model, learning_rate=1e-2)
+        fit(model, make_dataset(x, y, batch_size=4, augment="wang2023"), run_dir=os.path.join(sys.argv[1], mode),
+            epochs=2, verbose=0)
+    weights[mode] = np.concatenate([np.ravel(w) for w in model.get_weights()])
+print("MAXDIFF", float(np.abs(weights["single"] - weights["mirrored"]).max()),
+      float(np.abs(weights["single"]).max()))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_training_equals_single_device_training(tmp_path):
+    """The global batch is the config's batch, split over the replicas, and the learning rate is
+    unchanged: two replicas end where one device does, up to floating-point reduction order (a
+    model without BatchNorm: Keras' BatchNorm normalises each replica's share of the batch)."""
+    done = subprocess.run([sys.executable, "-c", SAME_AS_SINGLE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    diff, scale = map(float, re.search(r"MAXDIFF (\S+) (\S+)", done.stdout).groups())
+    assert scale > 0.05 and diff < 1e-4, (diff, scale)

@@ -230,3 +230,21 @@ def test_set_can_give_an_option_of_a_schedule_named_by_a_string():
     from tlunet.runners.config import merge, parse_overrides
     cfg = merge({"training": {"lr_schedule": "cosine"}}, parse_overrides(["training.lr_schedule.warmup_epochs=2"]))
     assert cfg["training"]["lr_schedule"] == {"name": "cosine", "warmup_epochs": 2}
+
+
+def test_fit_finds_the_epoch_clock_behind_a_users_transformations():
+    import tensorflow as tf
+
+    from tlunet.train import _epoch_clock
+    x, y = _tiny_data()
+    ds = make_dataset(x, y, batch_size=4, augment="wang2023")
+    mapped = ds.map(lambda a, b: (a * 1.0, b)).take(2).prefetch(1)
+    assert _epoch_clock(mapped) is ds.epoch_clock
+    assert _epoch_clock(tf.data.Dataset.from_tensor_slices((x, y)).batch(4)) is None  # a user's own
+    # pass k is the same batches whatever passes came before: what a resume relies on
+    first = [b[0].numpy() for b in mapped]
+    for _ in range(3):
+        list(mapped)
+    mapped_clock = _epoch_clock(mapped)
+    mapped_clock.next = 0
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in mapped]), np.concatenate(first))

@@ -425,6 +425,19 @@ def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
     return callbacks + list(extra or [])
 
 
+def _epoch_clock(dataset, depth=64):
+    """The `EpochClock` of a tlunet dataset, also behind transformations a user added (`.map`,
+    `.take`, `.prefetch`, ...), found through tf.data's input chain; None for other datasets."""
+    for _ in range(depth):
+        if dataset is None:
+            return None
+        clock = getattr(dataset, "epoch_clock", None)
+        if clock is not None:
+            return clock
+        dataset = getattr(dataset, "_input_dataset", None)
+    return None
+
+
 class _DataEpoch(keras.callbacks.Callback):
     """Sets a tlunet dataset's `EpochClock` to `offset` + Keras' epoch before each epoch's pass."""
 
@@ -455,9 +468,12 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
             each epoch is recorded in history.csv as `learning_rate`.
         callbacks: extra callbacks.
         verbose: Keras progress bar setting.
-        data_epoch: the pass over `train_ds` that epoch 0 takes (tlunet datasets shuffle and augment
-            pass k from their seed and k alone, so a resumed run replays the uninterrupted run's
-            batches; `run_stages` gives each stage its own passes).
+        data_epoch: the pass over `train_ds` that epoch 0 takes. tlunet's datasets (`make_dataset`,
+            `make_classification_dataset`, `make_patch_dataset`, and those with more
+            transformations on top) shuffle and augment pass k from their seed and k alone, so a
+            resumed run replays the uninterrupted run's batches; `run_stages` gives each stage its
+            own passes. A tf.data dataset of your own restarts its shuffling on a resume, as in
+            Keras.
 
     Returns:
         dict of lists: the history of all epochs of the run so far (read back from history.csv).
@@ -476,7 +492,7 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
                          "give it validation data or set the schedule's monitor to 'loss'")
     schedule = lr_schedule_callback(lr_schedule, epochs, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     callbacks = ([schedule] if schedule else []) + list(callbacks or [])
-    clock = getattr(train_ds, "epoch_clock", None)
+    clock = _epoch_clock(train_ds)
     if clock is not None:  # tlunet pipelines: epoch k's batches depend on k alone, so a resume replays them
         callbacks.append(_DataEpoch(clock, data_epoch))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles

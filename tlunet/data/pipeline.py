@@ -125,7 +125,8 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
         seed: seeds the shuffle and every augmentation draw; the same seed gives the same stream, and
             epoch k's order and draws depend only on the seed and k (`tlunet.data.epochs`), so a
             resumed run sees what an uninterrupted one would.
-        repeat: repeat forever (for steps_per_epoch-style training).
+        repeat: repeat forever (for Keras' `model.fit(steps_per_epoch=...)`; passes then follow one
+            long-lived iterator, and a resumed run does not replay them).
         drop_remainder: drop a last partial batch.
 
     Returns:
