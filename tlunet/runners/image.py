@@ -321,7 +321,9 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
     has_hc = any(np.isfinite(r.get("hc_abs_error_mm", float("nan"))) for r in rows)
-    has_paper = any(paper_value(paper, r["run"]) != "—" for r in rows)
+    def paper_dice(r):  # the papers' Dice values are for their full training sets
+        return paper_value(paper, r["run"]) if r["fraction"] == 1 else "—"
+    has_paper = any(paper_dice(r) != "—" for r in rows)
     lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. {UNITS}. Measures at the model's "
              "input size" + ("; HC error from the probabilities resized to the scan's own size." if has_hc else "."), "",
              "| run | fraction | trainable params | Dice (ours) |" + (" Dice (paper) |" if has_paper else "") +
@@ -331,10 +333,10 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     for r in rows:
         sd = f" ± {fmt(r['dice_sd'])}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
         lines.append(f"| {r['run']} | {r['fraction']:g} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | " +
-                     (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
+                     (f"{paper_dice(r)} | " if has_paper else "") +
                      f"{fmt(r['miou'])} | {fmt(r['pixel_accuracy'])} | " +
                      (f"{fmt(r['hc_abs_error_mm'], 1, 2)} | " if has_hc else "") +
-                     f"{r['epochs']} | {r['n_test']} | {r['weights']} |")
+                     f"{r['epochs']:g} | {r['n_test']} | {r['weights']} |")
     challenge = [r for r in rows if np.isfinite(r.get("adf_mm", float("nan")))]
     if challenge:
         tta = " with flip test-time augmentation" if cfg["evaluation"]["tta"] == "flip" else ""
