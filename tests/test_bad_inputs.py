@@ -298,3 +298,15 @@ def test_an_r3d18_npz_holding_nan_is_refused(tmp_path):
     np.savez(path, **{"stem.0.weight": np.array([np.nan], "float32"), "fc.bias": np.zeros(2, "float32")})
     with pytest.raises(ValueError, match=r"r3d.npz' holds NaN or inf values in 1 arrays, e.g. \['stem.0.weight'\]"):
         read_state_dict(path)
+
+
+def test_a_fold_run_made_with_another_number_of_folds_is_not_reused(tmp_path):
+    """`-fold0` of 3 folds tests on other cases than `-fold0` of 5: refused, not silently reused;
+    adding fractions or seeds (which name their own runs) is not a change."""
+    from tlunet.runners.results import changed_settings, write_config
+    cfg = {"name": "x", "data": {"split": [0.6, 0.2, 0.2]}, "sweep": {"folds": 5, "fractions": [1.0], "seeds": None}}
+    run = {"name": "scratch"}
+    write_config(str(tmp_path), cfg, run=run, fold=0)
+    assert changed_settings(str(tmp_path), {**cfg, "sweep": {**cfg["sweep"], "folds": 3}}, run) == ["sweep.folds: 5 -> 3"]
+    assert changed_settings(str(tmp_path), {**cfg, "sweep": {"folds": 5, "fractions": [0.5, 1.0], "seeds": [0, 1]}},
+                            run) == []

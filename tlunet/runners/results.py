@@ -107,10 +107,11 @@ def _unlock(folder):
 
 
 # Settings that change nothing a finished run computed: its own entry of `runs` is compared as `run`
-# (others may be added or removed), `sweep` only names which runs exist, TensorBoard and the
-# distribution strategy change how, not what, it trains.
-IGNORED_SETTINGS = ("profile", "paper", "description", "runs", "sweep", "training.tensorboard",
-                    "training.distribute")
+# (others may be added or removed), the sweep's fractions and seeds only name which runs exist (each
+# run's name carries its own), TensorBoard and the distribution strategy change how, not what, it
+# trains. The number of folds is compared: "-fold0" of 3 folds tests on other cases than of 5.
+IGNORED_SETTINGS = ("profile", "paper", "description", "runs", "sweep.fractions", "sweep.seeds",
+                    "training.tensorboard", "training.distribute")
 
 
 def _flat(value, prefix=""):
