@@ -253,14 +253,17 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
     paper = cfg.get("paper") or {}
+    has_paper = any(paper_value(paper, r["run"]) != "—" for r in rows)  # no column of dashes
     lines = [f"# {cfg['name']} — profile `{cfg['profile']}`", "", f"Data: {source}. {UNITS}.", "",
-             f"| run | transfer | trainable params | Dice (ours) | Dice (paper) | NSD@{cfg['inference']['nsd_tolerance_mm']:g} mm "
+             "| run | transfer | trainable params | Dice (ours) |" + (" Dice (paper) |" if has_paper else "") +
+             f" NSD@{cfg['inference']['nsd_tolerance_mm']:g} mm "
              "| HD95 (mm) | epochs | train (per fold) / test cases (all folds) | folds | initial weights |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---:|" + ("---:|" if has_paper else "") + "---:|---:|---:|---:|---:|---|"]
     for r in rows:
         sd = f" ± {fmt(r['dice_sd'])}" if np.isfinite(r.get("dice_sd", float("nan"))) else ""
-        lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | "
-                     f"{paper_value(paper, r['run'])} | {fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
+        lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | " +
+                     (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
+                     f"{fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
