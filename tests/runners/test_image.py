@@ -176,3 +176,17 @@ def test_training_options_reach_the_run_and_its_config(tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["training"]["lr_schedule"] == {"name": "cosine", "warmup_epochs": 1}
     assert saved["training"]["tensorboard"] is True
+
+
+@pytest.mark.slow
+def test_seed_sweep_records_each_runs_seed_and_aggregates_over_seeds(tmp_path):
+    cfg = config_from_dict({**TINY, "runs": [{"name": "all", "strategy": "all"}],
+                            "sweep": {"fractions": [1.0], "seeds": [0, 1]}}, str(tmp_path / "s.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    exp = tmp_path / "results" / "tiny"
+    saved = [yaml.safe_load(open(exp / f"all-seed{s}" / "config.yaml")) for s in (0, 1)]
+    assert [c["run_seed"] for c in saved] == [0, 1]  # the seed each run used, not only the config's
+    per_seed = [np.mean([float(c["dice"]) for c in csv.DictReader(open(exp / f"all-seed{s}" / "metrics.csv"))])
+                for s in (0, 1)]
+    assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(np.mean(per_seed))
+    assert rows[0]["dice_sd"] == pytest.approx(np.std(per_seed))

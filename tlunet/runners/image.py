@@ -281,7 +281,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
             report = transfer_weights(source_model, model)
             source = (cfg["pretrain"].get("data") or {}).get("layout") or "the source task"
             weights_note = f"pre-trained on {source} ({len(report.copied)} layers copied)"
-        write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_train=len(train), n_val=len(val),
+        write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, run_seed=seed, n_train=len(train), n_val=len(val),
                      n_test=len(test), weights_used=weights_note)
         bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
         done = run_stages(model, stages(cfg, spec), make_dataset(images[train], masks[train], t["batch_size"],
