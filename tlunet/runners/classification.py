@@ -34,9 +34,9 @@ from tlunet.resources import ConfigError
 from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_size, check_split,
                                    check_split_sizes,
                                    resolve_path)
-from tlunet.runners.results import (save_model, cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
+from tlunet.runners.results import (cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
                                     write_csv, write_tables)
-from tlunet.train import compile_model, fit
+from tlunet.train import compile_model, fit, save_model
 
 DEFAULTS = {
     "seed": 0,

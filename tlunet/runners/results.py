@@ -21,7 +21,7 @@ import yaml
 
 from tlunet.resources import ConfigError
 from tlunet.runners.config import check_sources, plan_runs, skip_message
-from tlunet.train import atomic_write, configure, save_model  # noqa: F401 - save_model: the runners' import
+from tlunet.train import atomic_write, configure, save_model
 
 
 def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True):

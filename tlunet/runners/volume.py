@@ -21,9 +21,9 @@ from tlunet.resources import ConfigError
 from tlunet.runners.config import (check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
-from tlunet.runners.results import (save_model, UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
+from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, fit, run_stages
+from tlunet.train import compile_model, fit, run_stages, save_model
 from tlunet.transfer import TRANSFER_METHODS
 
 DEFAULTS = {
