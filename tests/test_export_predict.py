@@ -79,3 +79,95 @@ def test_flip_tta_is_savedmodel_only_and_named(model, tmp_path):
     with pytest.raises(ValueError, match="tta must be None or 'flip'"):
         export_savedmodel(model, tmp_path / "sm", tta="flips")
     assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "sm").exists()
+
+
+def _blobs_image(height, width):
+    """A black uint8 image with a large bright ellipse and a small bright square far from it."""
+    yy, xx = np.mgrid[:height, :width]
+    image = np.zeros((height, width), np.uint8)
+    image[((yy - 0.55 * height) / (0.3 * height)) ** 2 + ((xx - 0.4 * width) / (0.25 * width)) ** 2 <= 1] = 255
+    image[4:12, width - 14:width - 4] = 255  # a second, smaller blob far away
+    return image
+
+
+def _thresholding_model(shape):
+    """A "model" whose probability is a steep sigmoid of the grey level: bright pixels -> ~1."""
+    import keras
+    inp = keras.Input(shape)
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="threshold",
+                              kernel_initializer=keras.initializers.Constant(40.0),
+                              bias_initializer=keras.initializers.Constant(-20.0))(inp)
+    return keras.Model(inp, out)
+
+
+def test_keep_largest_region_matches_the_numpy_largest_component():
+    """The in-graph labelling gives scikit-image's 8-connected largest component on random masks of
+    many shapes, a long spiral (the worst case for spreading labels) and an empty mask."""
+    from scipy import ndimage
+
+    from tlunet.biometry import largest_component
+    from tlunet.export import keep_largest_region
+    keep = tf.function(keep_largest_region)
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(30):
+        h, w = rng.integers(5, 90, 2)
+        p = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 3))
+        p = ((p - p.min()) / (np.ptp(p) + 1e-9)).astype(np.float32)
+        counts = np.sort(np.bincount(ndimage.label(p >= 0.5, np.ones((3, 3)))[0].ravel())[1:])
+        if len(counts) > 1 and counts[-1] == counts[-2]:
+            continue  # two largest regions of equal size: either is right
+        out = keep(tf.constant(p[None, ..., None]), 0.5).numpy()[0, ..., 0]
+        np.testing.assert_array_equal(out >= 0.5, largest_component(p >= 0.5))
+        compared += len(counts) > 1
+    assert compared >= 10  # most masks had several regions to choose from
+    spiral = np.zeros((61, 61), bool)
+    for k in range(0, 30, 4):  # nested square rings, each joined to the next by a one-pixel bridge
+        spiral[k, k:61 - k] = spiral[60 - k, k:61 - k] = spiral[k:61 - k, k] = spiral[k:61 - k, 60 - k] = True
+        if k + 2 < 30:
+            spiral[k + 1, k + 2] = True
+    spiral[40:46, 40:46] = False  # cuts a ring into pieces of different lengths
+    p = np.where(spiral, 0.9, 0.1).astype(np.float32)
+    np.testing.assert_array_equal(keep(tf.constant(p[None, ..., None]), 0.5).numpy()[0, ..., 0] >= 0.5,
+                                  largest_component(spiral))
+    empty = np.full((1, 8, 8, 1), 0.2, np.float32)
+    np.testing.assert_array_equal(keep(tf.constant(empty), 0.5).numpy(), empty)
+
+
+def test_exported_serve_keeps_the_largest_region_only_when_asked(tmp_path):
+    """`largest_component=True`: serve's probabilities are 0 outside the largest region (and the
+    pixel around it) and unchanged inside, at any input size; without it both blobs stay."""
+    from scipy import ndimage
+
+    from tlunet.export import export_model
+    model = _thresholding_model((64, 96, 1))
+    image = _blobs_image(135, 200)
+    bare = tf.saved_model.load(export_savedmodel(model, tmp_path / "plain"))
+    plain = bare.serve(tf.constant(image[None, ..., None])).numpy()[0, ..., 0]
+    one = tf.saved_model.load(export_savedmodel(model, tmp_path / "kept", largest_component=True, tta="flip"))
+    kept = one.serve(tf.constant(np.stack([image, np.zeros_like(image)])[..., None])).numpy()
+    assert ndimage.label(plain >= 0.5, np.ones((3, 3)))[1] == 2  # the bare export finds both blobs
+    _, regions = ndimage.label(kept[0, ..., 0] >= 0.5, np.ones((3, 3)))
+    assert regions == 1
+    head = kept[0, ..., 0] >= 0.5
+    assert head[80, 80] and not head[8, 190]  # the ellipse stays, the small square goes
+    np.testing.assert_allclose(kept[0, ..., 0][head], plain[head], atol=1e-5)  # the region keeps its probabilities
+    assert kept[1].max() < 0.5  # a blank image stays blank (nothing to keep, nothing removed)
+    with pytest.raises(ValueError, match="SavedModel's serve endpoint only"):
+        export_model(model, tmp_path / "m.tflite", format="litert", largest_component=True)
+    two = tlunet.build_model("unet", input_shape=(32, 32, 1), classes=3, filters=(4, 8, 16, 32, 64))
+    with pytest.raises(ValueError, match="one-channel"):
+        export_savedmodel(two, tmp_path / "two", largest_component=True)
+
+
+def test_predict_folder_largest_component(tmp_path):
+    """`tlunet predict --largest-component` keeps one region per mask; without it both blobs are written."""
+    from scipy import ndimage
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_blobs_image(135, 200)).save(folder / "scan.png")
+    model = _thresholding_model((64, 96, 1))
+    for keep, regions in ((False, 2), (True, 1)):
+        predict_folder(model, str(folder), str(tmp_path / f"out{keep}"), largest_component=keep)
+        mask = np.asarray(Image.open(tmp_path / f"out{keep}" / "masks" / "scan.png")) > 0
+        assert ndimage.label(mask, np.ones((3, 3)))[1] == regions

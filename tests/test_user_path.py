@@ -16,6 +16,7 @@ import yaml
 
 import tlunet
 from tlunet.cli import main
+from tlunet.export import keep_largest_region
 from tlunet.runners import config_from_dict, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def trained_run(tmp_path_factory):
                  "split": [0.5, 0.25, 0.25]},
         "model": {"name": "mobilenetv2_unet", "encoder_weights": None},
         "training": {"epochs": 1, "batch_size": 4},
-        "evaluation": {"tta": "flip"},
+        "evaluation": {"tta": "flip", "largest_component": True},
         "runs": [{"name": "two_stage", "stages": [{"strategy": "decoder", "epochs": 1}, {"strategy": "all", "epochs": 1}]}],
     }, str(tmp / "tiny.yaml"))
     run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
@@ -52,8 +53,9 @@ def trained_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["model.keras", "stage1_all/best.keras"])
 def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which):
-    """The run's model.keras exports with the run's flip test-time augmentation built into `serve`
-    (its config.yaml says evaluation.tta: flip); a stage's best.keras, with no config beside it, bare."""
+    """The run's model.keras exports with the run's flip test-time augmentation and largest-region
+    step built into `serve` (its config.yaml says evaluation.tta: flip, largest_component: true); a
+    stage's best.keras, with no config beside it, bare."""
     model_path = trained_run / which
     assert model_path.is_file()
     done = _console("export", model_path, tmp_path / "sm", cwd=tmp_path)
@@ -61,6 +63,7 @@ def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which)
     assert "SavedModel written" in done.stdout
     flip = which == "model.keras"
     assert ("flip test-time augmentation" in done.stdout) == flip
+    assert ("keeps only the largest region" in done.stdout) == flip
     assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
     served = tf.saved_model.load(str(tmp_path / "sm"))
     image = np.asarray(tf.io.decode_png(tf.io.read_file(
@@ -74,12 +77,13 @@ def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which)
     probs = model(x)
     if flip:  # the mean of the image's and its mirror's probabilities, as the run was evaluated
         probs = (probs + tf.reverse(model(tf.reverse(x, [2])), [2])) / 2
+        probs = keep_largest_region(probs)  # checked against scikit-image in test_export_predict.py
     expected = tf.image.resize(probs, image.shape[:2]).numpy()
     assert np.abs(out - expected).max() < 1e-4
     if flip:  # and it differs from the bare model, which --tta none exports
         bare = tf.image.resize(model(x), image.shape[:2]).numpy()
         assert np.abs(out - bare).max() > 1e-3
-        done = _console("export", model_path, tmp_path / "bare", "--tta", "none", cwd=tmp_path)
+        done = _console("export", model_path, tmp_path / "bare", "--tta", "none", "--no-largest-component", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert np.abs(tf.saved_model.load(str(tmp_path / "bare")).serve(tf.constant(image[None])).numpy()
                       - bare).max() < 1e-4

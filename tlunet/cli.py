@@ -151,28 +151,39 @@ def _cmd_evaluate(args):
 def _cmd_predict(args):
     model = _load_model(args.model)
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
-    rows = predict_folder(model, args.input, args.output, threshold=args.threshold, pixel_sizes=sizes)
+    rows = predict_folder(model, args.input, args.output, threshold=args.threshold, pixel_sizes=sizes,
+                          largest_component=args.largest_component)
     print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}")
     return 0
 
 
-def _export_tta(args):
-    """(tta, where it came from): --tta, else the `evaluation.tta` of the run folder's config.yaml
-    when the model is a run's model.keras, so the export predicts as the run was evaluated."""
-    if args.tta is not None:
-        return (None if args.tta == "none" else args.tta), "--tta"
-    config = os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
-    if not os.path.isfile(config):
-        return None, None
-    try:
-        with open(config) as f:
-            saved = yaml.safe_load(f) or {}
-        tta = (saved.get("evaluation") or {}).get("tta")
-    except (OSError, yaml.YAMLError, AttributeError) as e:
-        raise ValueError(f"{config}: unreadable run config beside {args.model} ({e}); pass --tta none or flip") from e
+def _export_settings(args):
+    """{"tta", "largest_component", "threshold"} and where each came from: the flags, else the
+    `evaluation` section of the run folder's config.yaml when the model is a run's model.keras, so
+    the export predicts as the run was evaluated."""
+    evaluation, config = {}, os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
+    if os.path.isfile(config):
+        try:
+            with open(config) as f:
+                evaluation = (yaml.safe_load(f) or {}).get("evaluation") or {}
+            dict(evaluation)
+        except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+            raise ValueError(f"{config}: unreadable run config beside {args.model} ({e}); pass --tta and "
+                             "--largest-component / --no-largest-component") from e
+    else:
+        config = None
+    tta, tta_from = (None if args.tta == "none" else args.tta, "--tta") if args.tta else (evaluation.get("tta"), config)
     if tta not in (None, "flip"):
         raise ValueError(f"{config}: evaluation.tta is {tta!r}; pass --tta none or flip")
-    return tta, config
+    keep, keep_from = ((args.largest_component, "--largest-component") if args.largest_component is not None
+                       else (evaluation.get("largest_component", False), config))
+    if not isinstance(keep, bool):
+        raise ValueError(f"{config}: evaluation.largest_component is {keep!r}; pass --largest-component or "
+                         "--no-largest-component")
+    threshold = evaluation.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"{config}: evaluation.threshold is {threshold!r}, not a number in (0, 1)")
+    return {"tta": tta, "largest_component": keep, "threshold": threshold}, {"tta": tta_from, "largest_component": keep_from}
 
 
 def _cmd_export(args):
@@ -189,20 +200,29 @@ def _cmd_export(args):
         raise ValueError("--representative calibrates int8 quantisation; add --quantize int8")
     if args.validation_data and fmt != "litert":
         raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
-    tta, tta_from = _export_tta(args)
-    if tta and fmt != "savedmodel":
-        if tta_from == "--tta":
-            raise ValueError(f"--tta flip is built into a SavedModel's serve endpoint only; a --format {fmt} file is "
-                             "the bare model")
-        print(f"Note: {tta_from} evaluated the run with flip test-time augmentation; a {fmt} file is the bare model "
-              "(average its output on each image and its left-right mirror to predict as the run was evaluated).")
-        tta = None
+    settings, source = _export_settings(args)
+    if fmt != "savedmodel":
+        for key, what, hint in (("tta", "--tta flip", "average its output on each image and its left-right mirror"),
+                                ("largest_component", "--largest-component",
+                                 "keep the largest region of its thresholded output")):
+            if settings[key] and source[key] == ("--tta" if key == "tta" else "--largest-component"):
+                raise ValueError(f"{what} is built into a SavedModel's serve endpoint only; a --format {fmt} file is "
+                                 "the bare model")
+            if settings[key]:
+                print(f"Note: {source[key]} evaluated the run with {key.replace('_', ' ')}; a {fmt} file is the bare "
+                      f"model ({hint} to predict as the run was evaluated).")
     model = _load_model(args.model)
     if fmt == "savedmodel":
-        path = export_savedmodel(model, args.output, size=args.size, tta=tta)
-        flip = (f" serve averages each image's and its mirror's probabilities (flip test-time augmentation, from "
-                f"{tta_from}; --tta none for the bare model).") if tta else ""
-        print(f"SavedModel written to {path}.{flip} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
+        path = export_savedmodel(model, args.output, size=args.size, **settings)
+        built = []
+        if settings["tta"]:
+            built.append(f"averages each image's and its mirror's probabilities (flip test-time augmentation, from "
+                         f"{source['tta']}; --tta none for the bare model)")
+        if settings["largest_component"]:
+            built.append(f"keeps only the largest region of probabilities >= {settings['threshold']:g} (the rest read "
+                         f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
+        built = f" serve {' and '.join(built)}." if built else ""
+        print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
               "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
               "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
               "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
@@ -315,6 +335,8 @@ def build_parser():
     p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
     p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--largest-component", action="store_true",
+                   help="keep only the largest connected region of each mask (one head per scan)")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 
@@ -328,6 +350,10 @@ def build_parser():
     p.add_argument("--tta", choices=["none", "flip"],
                    help="flip: the SavedModel's serve averages each image's and its mirror's probabilities. Default: "
                         "the evaluation.tta of the run's config.yaml when MODEL is a run's model.keras, else none")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="the SavedModel's serve keeps only the largest connected region of probabilities >= the "
+                        "threshold (others read 0); one-channel models. Default: the evaluation.largest_component "
+                        "of the run's config.yaml when MODEL is a run's model.keras, else off")
     p.add_argument("--quantize", choices=["int8"], help="LiteRT full-integer quantisation (float32 in and out)")
     p.add_argument("--representative", metavar="FOLDER",
                    help="images that calibrate --quantize int8 (a folder of images, or one with images/)")

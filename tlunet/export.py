@@ -24,7 +24,7 @@ SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 INSTALL_HINT = "pip install 'tlunet[export]'"
 
 
-def export_savedmodel(model, path, size=None, tta=None):
+def export_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5):
     """Writes a SavedModel with three endpoints.
 
     - `serve(images)`: (N, H, W, C) images of any H, W, either uint8 (0-255) or float32 in
@@ -58,12 +58,22 @@ def export_savedmodel(model, path, size=None, tta=None):
         tta: None, or "flip" to average `serve`'s (and `serve_float`'s) probabilities of each image
             and of its left-right mirror, as an experiment run with `evaluation.tta: flip` evaluated
             it (twice the compute). `serve_model` stays the bare model.
+        largest_component: True to keep, in `serve`'s and `serve_float`'s probabilities, only the
+            largest connected region of `probabilities >= threshold` (`keep_largest_region`, at the
+            model's size, after `tta`), as an experiment run with `evaluation.largest_component:
+            true` evaluated it: a second blob reads 0. One-channel models only.
+        threshold: the threshold that defines the regions of `largest_component`.
 
     Returns:
         `path`.
     """
     if tta not in (None, "flip"):
         raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
+    if largest_component and model.output_shape[-1] != 1:
+        raise ValueError(f"largest_component keeps one region of a one-channel (binary) model; {model.name!r} has "
+                         f"{model.output_shape[-1]} output channels")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number in (0, 1). Received: {threshold!r}")
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; export into a new directory")
@@ -72,6 +82,8 @@ def export_savedmodel(model, path, size=None, tta=None):
     if None in size:
         raise ValueError(f"{model.name!r} accepts any input size; pass size=(H, W) to export it "
                          f"(each a multiple of its encoder's reduction). Received: size={size}")
+    if largest_component and size[0] * size[1] >= 2 ** 24:  # the region labels are exact float32 pixel indices
+        raise ValueError(f"largest_component labels at most 2**24 pixels; size {size} has {size[0] * size[1]}")
 
     def spec(dtype):
         return tf.TensorSpec([None, None, None, channels], dtype, name="images")
@@ -84,6 +96,8 @@ def export_savedmodel(model, path, size=None, tta=None):
         y = tf.cast(model(x, training=False), tf.float32)
         if tta == "flip":  # the mean of the image's and its mirror's probabilities, as evaluation does
             y = (y + tf.reverse(tf.cast(model(tf.reverse(x, [2]), training=False), tf.float32), [2])) / 2.0
+        if largest_component:
+            y = keep_largest_region(y, threshold)
         return tf.image.resize(tf.cast(y, tf.float32), original, method="bilinear")
 
     @tf.function
@@ -121,6 +135,44 @@ def export_savedmodel(model, path, size=None, tta=None):
     return path
 
 
+def keep_largest_region(probs, threshold=0.5):
+    """In-graph post-processing of one-channel probabilities (N, H, W, 1): every pixel farther than
+    one pixel from the largest connected region of `probs >= threshold` (8-connected, as
+    `tlunet.biometry.largest_component`) is set to 0; the region and the pixels around its edge keep
+    their probabilities, so thresholding after a resize still finds the same edge. Images with no
+    pixel at or above `threshold` are returned unchanged.
+
+    Regions are labelled by spreading the largest pixel index through each region: a step takes the
+    maximum along every horizontal and vertical run of foreground, then over each 3x3 neighbourhood,
+    until nothing changes (a few steps for a head; a long spiral takes more).
+    """
+    fg = probs[..., 0] >= threshold
+    shape = tf.shape(fg)
+    ids = tf.cast(tf.reshape(tf.range(1, shape[1] * shape[2] + 1), [1, shape[1], shape[2]]), tf.float32)
+    fg_t = tf.transpose(fg, [0, 2, 1])
+
+    def run_max(labels, mask):  # each horizontal run of foreground takes its largest label
+        start = mask & ~tf.pad(mask[:, :, :-1], [[0, 0], [0, 0], [1, 0]])
+        run = tf.reshape(tf.cumsum(tf.reshape(tf.cast(start, tf.int32), [-1])), tf.shape(mask))
+        run *= tf.cast(mask, tf.int32)
+        top = tf.math.unsorted_segment_max(tf.reshape(labels, [-1]), tf.reshape(run, [-1]), tf.reduce_max(run) + 1)
+        return tf.where(mask, tf.gather(top, run), 0.0)
+
+    def step(labels, _):
+        new = run_max(labels, fg)
+        new = tf.transpose(run_max(tf.transpose(new, [0, 2, 1]), fg_t), [0, 2, 1])
+        new = tf.where(fg, tf.nn.max_pool2d(new[..., None], 3, 1, "SAME")[..., 0], 0.0)
+        return new, tf.reduce_any(new != labels)
+
+    labels, _ = tf.while_loop(lambda labels, changed: changed, step, [tf.where(fg, ids, 0.0), tf.constant(True)])
+    counts = tf.math.bincount(tf.reshape(tf.cast(labels, tf.int32), [shape[0], -1]),
+                              minlength=shape[1] * shape[2] + 1, axis=-1)
+    best = tf.argmax(counts[:, 1:], 1, output_type=tf.int32) + 1  # label 0 is the background
+    region = tf.cast(labels == tf.cast(best, tf.float32)[:, None, None], tf.float32)[..., None]
+    near = tf.nn.max_pool2d(region, 3, 1, "SAME")
+    return tf.where(tf.reduce_any(fg, [1, 2])[:, None, None, None], probs * near, probs)
+
+
 def _unit_range(images):
     """`images` (float32), after an in-graph check that every value is finite and in [0, 1]."""
     lo, hi = tf.reduce_min(images), tf.reduce_max(images)
@@ -133,7 +185,8 @@ def _unit_range(images):
 
 
 # ------------------------------------------------------------------------------ LiteRT and ONNX
-def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None, tta=None):
+def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None, tta=None,
+                 largest_component=False, threshold=0.5):
     """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file.
 
     - "savedmodel": `export_savedmodel` (uint8 or float32 images of any size; see there).
@@ -170,6 +223,8 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
             a callable returning one; float in [0, 1] or uint8 (0-255, divided by 255).
         tta: None, or "flip" (SavedModel only): `serve` averages each image's and its mirror's
             probabilities (`export_savedmodel`).
+        largest_component, threshold: SavedModel only: `serve` keeps only the largest region of
+            `probabilities >= threshold` (`export_savedmodel`).
 
     Returns:
         `path`.
@@ -192,8 +247,12 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
     if tta is not None and format != "savedmodel":
         raise ValueError(f"tta={tta!r} is built into SavedModel's serve endpoint only; a {format} file is the bare "
                          "model (average its output on the image and on its left-right mirror yourself)")
+    if largest_component and format != "savedmodel":
+        raise ValueError(f"largest_component is built into SavedModel's serve endpoint only; a {format} file is the "
+                         "bare model (keep the largest region yourself: tlunet.biometry.largest_component)")
     if format == "savedmodel":
-        return export_savedmodel(model, path, size=size, tta=tta)
+        return export_savedmodel(model, path, size=size, tta=tta, largest_component=largest_component,
+                                 threshold=threshold)
 
     path = os.fspath(path)
     suffix = SUFFIXES[format]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from tlunet.biometry import head_circumference
+from tlunet.biometry import head_circumference, largest_component as largest_region
 from tlunet.data.folders import list_files
 from tlunet.data.io import IMAGE_SUFFIXES, DataError, check_row_fields, positive_number, read_image
 from tlunet.data.pipeline import resize_pair
@@ -62,7 +62,7 @@ def _check_pixel_sizes(pixel_sizes):
     return positive_number(pixel_sizes, "`pixel_sizes` (tlunet predict --pixel-size)")
 
 
-def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4):
+def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4, largest_component=False):
     """Segments every image of `input_dir` with a binary tlunet model.
 
     Writes `out_dir/masks/<stem>.png` (0/255 at the original size), `out_dir/overlays/<stem>.png`
@@ -81,6 +81,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         threshold: probability threshold.
         pixel_sizes: None, a float for every image, or {file name: mm}; each > 0 and finite.
         batch_size: images per forward pass.
+        largest_component: keep only the largest connected region of each mask (one head per scan).
 
     Returns:
         list of row dicts, as written to predictions.csv.
@@ -128,6 +129,8 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         for name, image, p in zip(batch_names, originals, probs):
             prob = np.asarray(Image.fromarray(p.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
             mask = (prob >= threshold).astype(np.uint8)
+            if largest_component:
+                mask = largest_region(mask).astype(np.uint8)
             stem = os.path.splitext(name)[0]
             Image.fromarray(mask * 255).save(os.path.join(out_dir, "masks", f"{stem}.png"))
             Image.fromarray(overlay(image, mask)).save(os.path.join(out_dir, "overlays", f"{stem}.png"))

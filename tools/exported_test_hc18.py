@@ -1,8 +1,9 @@
 """Scores a finished HC18 run's test fetuses the way a deployed model meets them: the run's
 `model.keras` goes through `tlunet export`, and the SavedModel's `serve` endpoint segments each
-full-size scan; the mask is `serve(...) >= 0.5`, nothing else (no largest-component step). The
-export is `tlunet export`'s default for a run folder: with the run's `evaluation.tta` built in (flip
-for the `cpu` profile); `--tta none` scores the bare model. Dice and Hausdorff against the filled annotation at full size, HC (DF,
+full-size scan; the mask is `serve(...) >= 0.5`, nothing else. The export is `tlunet export`'s
+default for a run folder: with the run's `evaluation.tta` and `evaluation.largest_component` built
+in (flip and the largest region for the `cpu` profile); `--tta none` and `--no-largest-component`
+score the bare model. Dice and Hausdorff against the filled annotation at full size, HC (DF,
 ADF) from the mask with the CSV's pixel size. The test split is rebuilt from the run's config.yaml.
 
     python tools/exported_test_hc18.py results/wang2023_fetal_head/scratch ../shared/data/hc18
@@ -23,6 +24,8 @@ def main():
     parser.add_argument("run", help="a finished run folder (config.yaml, model.keras)")
     parser.add_argument("hc18", help="the HC18 folder the run was trained on")
     parser.add_argument("--tta", choices=["none", "flip"], help="passed to tlunet export (default: the run's)")
+    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                        help="passed to tlunet export (default: the run's)")
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -40,7 +43,10 @@ def main():
         saved = os.path.join(tmp, "saved_model")
         tlunet_cli = os.path.join(os.path.dirname(sys.executable), "tlunet")
         done = subprocess.run([tlunet_cli, "export", os.path.join(args.run, "model.keras"), saved,
-                               *(["--tta", args.tta] if args.tta else [])], check=True, capture_output=True, text=True)
+                               *(["--tta", args.tta] if args.tta else []),
+                               *([] if args.largest_component is None else
+                                 ["--largest-component" if args.largest_component else "--no-largest-component"])],
+                              check=True, capture_output=True, text=True)
         print(done.stdout.strip().split(" Endpoints:")[0])
         served = tf.saved_model.load(saved)
         rows = []

@@ -15,7 +15,7 @@ from PIL import Image
 
 import tlunet
 from tlunet import evaluation as ev
-from tlunet.biometry import challenge_measures, head_circumference
+from tlunet.biometry import challenge_measures, head_circumference, largest_component as largest_region
 from tlunet.data import (SegmentationSet, experiment_splits, find_pairs, fraction_indices, hc18_set, load_arrays,
                          make_dataset, resize_pair, split_indices)
 from tlunet.data.download import download_hc18
@@ -44,7 +44,7 @@ DEFAULTS = {
                  "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None,
                  "gradient_accumulation": 1},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
-    "evaluation": {"tta": None, "threshold": 0.5},
+    "evaluation": {"tta": None, "threshold": 0.5, "largest_component": False},
     "runs": [],
 }
 TOP_KEYS = {"data", "model", "training", "sweep", "pretrain", "evaluation"}
@@ -62,6 +62,12 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                                      "evaluation": (cfg["evaluation"], DEFAULTS["evaluation"])})
     if cfg["evaluation"]["tta"] not in TTA:
         raise ConfigError(f"{path}: evaluation.tta must be one of {list(TTA)}. Received: {cfg['evaluation']['tta']!r}")
+    if not isinstance(cfg["evaluation"]["largest_component"], bool):
+        raise ConfigError(f"{path}: evaluation.largest_component must be true or false. "
+                          f"Received: {cfg['evaluation']['largest_component']!r}")
+    if cfg["evaluation"]["largest_component"] and cfg["model"].get("classes", 1) != 1:
+        raise ConfigError(f"{path}: evaluation.largest_component keeps one region of a one-class model; "
+                          f"model.classes is {cfg['model'].get('classes')!r}")
     threshold = cfg["evaluation"]["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
         raise ConfigError(f"{path}: evaluation.threshold must be a number in (0, 1). Received: {threshold!r}")
@@ -146,27 +152,35 @@ def load_data(cfg, d):
 
 
 # --------------------------------------------------------------------------------- evaluation
-def predict_labels(model, images, threshold=0.5, batch_size=8, tta=None):
+def predict_labels(model, images, threshold=0.5, batch_size=8, tta=None, largest_component=False):
     """(probabilities, label maps): thresholded foreground for one output channel, argmax for several.
-    `tta="flip"` averages the probabilities of each image and of its left-right mirror."""
+    `tta="flip"` averages the probabilities of each image and of its left-right mirror;
+    `largest_component` keeps only the largest connected region of each foreground (one channel)."""
     x = images.astype(np.float32) / 255.0
     probs = model.predict(x, batch_size=batch_size, verbose=0)
     if tta == "flip":
         probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
     labels = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else np.argmax(probs, -1)
+    if largest_component:
+        if probs.shape[-1] != 1:
+            raise ValueError(f"largest_component keeps one region of a one-channel model; this one has {probs.shape[-1]}")
+        labels = np.stack([largest_region(m) for m in labels]).astype(np.uint8)
     return probs, labels
 
 
-def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8, tta=None, full_size=None):
+def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8, tta=None, full_size=None,
+                   largest_component=False):
     """Per-case Dice and IoU of the foreground (mean over foreground classes for multi-class models;
     mIoU also averages the background), pixel accuracy, and HC error in mm where the case has a
     pixel size and a reference HC (HC18).
 
     HC18 cases whose meta names their full-size annotation also get the challenge's measures at the
     scan's own size (`tlunet.biometry.challenge_measures`): DF and ADF in mm, Dice at full size and
-    Hausdorff in mm; their full-size predicted masks go into `full_size` if a list is given.
+    Hausdorff in mm; their full-size predicted masks go into `full_size` if a list is given. Those
+    measures always keep the largest region (the challenge's definition); `largest_component` keeps
+    it for the other measures too (`evaluation.largest_component`).
     Returns (rows, label maps)."""
-    probs, labels = predict_labels(model, images, threshold, batch_size, tta)
+    probs, labels = predict_labels(model, images, threshold, batch_size, tta, largest_component)
     classes = max(2, probs.shape[-1])
     rows = []
     for prob, pred, true, m in zip(probs, labels, masks, meta):
@@ -297,7 +311,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     e = cfg["evaluation"]
     full = []
     cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], threshold=e["threshold"],
-                                   tta=e["tta"], full_size=full)
+                                   tta=e["tta"], full_size=full, largest_component=e["largest_component"])
     write_csv(os.path.join(run_dir, "metrics.csv"), cases)
     figures = os.path.join(run_dir, "figures")
     learning_curves(history, os.path.join(figures, "learning_curves.png"), name)
