@@ -66,3 +66,27 @@ def test_shipped_reverse_transfer_config_and_bad_configs(tmp_path):
                           ({"runs": [{"name": "x", "init": "dense", "learning_rate": -1}]}, "learning_rate must be")]:
         with pytest.raises(ConfigError, match=error):
             config_from_dict({**TINY_CLS, **change}, str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.slow
+def test_seed_sweep_trains_each_classifier_per_seed_and_reports_mean_and_sd(tmp_path):
+    """sweep.seeds: one run folder per seed (recording the seed it used), one source per kind shared
+    by the seeds, and a summary row whose accuracy is the mean over seeds with their spread."""
+    import numpy as np
+    import yaml
+    cfg = config_from_dict({**TINY_CLS, "runs": [{"name": "dense", "init": "dense"}], "sweep": {"seeds": [3, 4]},
+                            "training": {"epochs": 2, "batch_size": 4}}, str(tmp_path / "cls.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    exp = tmp_path / "results" / "tinycls"
+    assert sorted(p.name for p in exp.iterdir() if p.is_dir()) == ["dense-seed3", "dense-seed4", "segmentation_dense"]
+    saved = [yaml.safe_load(open(exp / f"dense-seed{s}" / "config.yaml"))["run_seed"] for s in (3, 4)]
+    assert saved == [3, 4]
+    accuracy = [json.loads((exp / f"dense-seed{s}" / "metrics.json").read_text())["accuracy"] for s in (3, 4)]
+    probs = [(exp / f"dense-seed{s}" / "predictions.csv").read_text() for s in (3, 4)]
+    assert probs[0] != probs[1]  # the seeds trained different classifiers
+    assert len(rows) == 1 and rows[0]["accuracy"] == pytest.approx(np.mean(accuracy))
+    assert rows[0]["accuracy_sd"] == pytest.approx(np.std(accuracy)) and rows[0]["seeds"] == 2
+    summary = (exp / "summary.md").read_text()
+    assert f"{np.mean(accuracy):.3f} ± {np.std(accuracy):.3f}" in summary and "Mean ± sd over 2 seeds (3, 4)" in summary
+    with pytest.raises(ConfigError, match="sweep.seeds must be a list of distinct whole numbers"):
+        config_from_dict({**TINY_CLS, "sweep": {"seeds": [1, 1]}}, str(tmp_path / "bad.yaml"))

@@ -31,11 +31,10 @@ from tlunet.models.classifier import FEATURE_INPUTS
 from tlunet.plots import confusion_matrix, learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_size, check_split,
-                                   check_split_sizes,
-                                   resolve_path)
-from tlunet.runners.results import (cached_source, finish_run, fmt, open_experiment, read_done, start_run, write_config,
-                                    write_csv, write_tables)
+from tlunet.runners.config import (apply_profile, check_keys, check_model, check_numbers, check_seeds, check_size,
+                                   check_split, check_split_sizes, resolve_path)
+from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, fmt, open_experiment, read_done, start_run,
+                                    write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, save_model
 
 DEFAULTS = {
@@ -52,9 +51,10 @@ DEFAULTS = {
     "training": {"epochs": 20, "batch_size": 16, "learning_rate": 3e-4, "augment": None, "patience": None,
                  "lr_schedule": None, "tensorboard": False},
     "explain": {"n": 3},
+    "sweep": {"seeds": None},
     "runs": [],
 }
-TOP_KEYS = {"classes", "data", "segmentation", "classifier", "training", "explain"}
+TOP_KEYS = {"classes", "data", "segmentation", "classifier", "training", "explain", "sweep"}
 INITS = ("dense", "sparse", "random")
 DATA_KEYS = {"root", "n_videos", "frames_per_video", "phantom_size", "every", "max_frames", "limit"}
 SEG_DATA_KEYS = {"root", "layout", "n", "phantom_size", "labels", "limit"}
@@ -73,7 +73,9 @@ def config_from_dict(raw, path, profile=None, overrides=None):
         "segmentation.data": (cfg["segmentation"]["data"], set(DEFAULTS["segmentation"]["data"]) | SEG_DATA_KEYS),
         "training": (cfg["training"], DEFAULTS["training"]),
         "segmentation.training": (cfg["segmentation"]["training"], DEFAULTS["segmentation"]["training"]),
-        "classifier": (cfg["classifier"], DEFAULTS["classifier"])})
+        "classifier": (cfg["classifier"], DEFAULTS["classifier"]),
+        "sweep": (cfg["sweep"], DEFAULTS["sweep"])})
+    check_seeds(path, cfg["sweep"]["seeds"])
     for where, t in (("training", cfg["training"]), ("segmentation.training", cfg["segmentation"]["training"])):
         check_numbers(path, t, where, positive_ints=("epochs", "batch_size"), positive_numbers=("learning_rate",),
                       optional_ints=("patience",) if "patience" in t else ())
@@ -211,28 +213,36 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     test_images = np.concatenate([x for x, _ in make_classification_dataset(
         [frames[i] for i in test], labels[test], tuple(d["image_size"]), t["batch_size"], shuffle=False).as_numpy_iterator()])
     summary = []
+    seeds = cfg["sweep"]["seeds"] or [None]
+    total = len(cfg["runs"]) * len(seeds)
     for i, spec in enumerate(cfg["runs"]):
-        run_dir = os.path.join(exp_dir, spec["name"])
-        row = read_done(run_dir, cfg, spec)
-        if row is not None:
-            log(f"[{cfg['name']}] {spec['name']}: done earlier, skipped")
-        else:
-            row = _train_and_evaluate(cfg, spec, run_dir, f"[{i + 1}/{len(cfg['runs'])}] {spec['name']}",
-                                      seg, data, test_images, verbose)
-            log(f"[{cfg['name']}] {spec['name']}: accuracy {row['accuracy']:.3f}, macro F1 {row['macro_f1']:.3f}, "
-                f"macro AUC {row['macro_auc']:.3f}, {time.time() - start:.0f}s")
-        summary.append(row)
+        rows = []
+        for j, s in enumerate(seeds):  # seeds vary the classifier's initialisation and shuffling; not the data,
+            name = spec["name"] + (f"-seed{s}" if s is not None else "")  # the split or the segmentation sources
+            run_dir = os.path.join(exp_dir, name)
+            row = read_done(run_dir, cfg, spec)
+            if row is not None:
+                log(f"[{cfg['name']}] {name}: done earlier, skipped")
+            else:
+                row = _train_and_evaluate(cfg, spec, run_dir, f"[{i * len(seeds) + j + 1}/{total}] {name}",
+                                          seg, data, test_images, verbose, seed=cfg["seed"] if s is None else s,
+                                          repeat_seed=s)
+                log(f"[{cfg['name']}] {name}: accuracy {row['accuracy']:.3f}, macro F1 {row['macro_f1']:.3f}, "
+                    f"macro AUC {row['macro_auc']:.3f}, {time.time() - start:.0f}s")
+            rows.append(row)
+        summary.append(aggregate_folds(rows, ["accuracy", "macro_f1", "macro_auc", "video_accuracy",
+                                              *(f"f1_{n}" for n in cfg["classes"])]))
     _write_summary(cfg, exp_dir, summary, source, log)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
 
 
-def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbose):
+def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbose, seed, repeat_seed=None):
     frames, labels, groups, train, val, test = data
     d, t, c, names = cfg["data"], cfg["training"], cfg["classifier"], cfg["classes"]
     size = tuple(d["image_size"])
-    start_run(run_dir, cfg["seed"])
-    write_config(run_dir, cfg, run=spec)
+    start_run(run_dir, seed)
+    write_config(run_dir, cfg, run=spec, run_seed=seed)
     if spec["init"] == "random":
         src = tlunet.build_model(cfg["segmentation"]["model"]["name"], input_shape=(*size, 1), classes=4,
                                  **{k: v for k, v in cfg["segmentation"]["model"].items() if k != "name"})
@@ -244,7 +254,7 @@ def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbo
     model.compile(optimizer=keras.optimizers.Adam(spec.get("learning_rate", t["learning_rate"])),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     train_ds = make_classification_dataset([frames[i] for i in train], labels[train], size, t["batch_size"],
-                                           t["augment"], seed=cfg["seed"])
+                                           t["augment"], seed=seed)
     val_ds = make_classification_dataset([frames[i] for i in val], labels[val], size, t["batch_size"], shuffle=False)
     bar = EpochProgress(label, t["epochs"], disable=bool(verbose))
     history = fit(model, train_ds, val_ds, run_dir=run_dir, epochs=t["epochs"], monitor="val_accuracy",
@@ -278,8 +288,9 @@ def _train_and_evaluate(cfg, spec, run_dir, label, seg, data, test_images, verbo
            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
            "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),
            "n_test_frames": len(test), "n_test_videos": len(videos),
-           **{f"f1_{n}": m["per_class"][n]["f1"] for n in names}}
-    finish_run(run_dir, row, spec["name"])
+           **{f"f1_{n}": m["per_class"][n]["f1"] for n in names},
+           **({"seed": repeat_seed} if repeat_seed is not None else {})}
+    finish_run(run_dir, row, os.path.basename(run_dir))
     return row
 
 
@@ -290,11 +301,19 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
              "| run | initialised from | seg. val Dice | trainable params | accuracy | macro F1 | macro AUC | "
              + " | ".join(f"F1 {n}" for n in names) + " | video accuracy | epochs | test frames / videos |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|"]
+
+    def ms(r, key):  # mean ± sd over seeds, where there are several
+        return fmt(r[key]) + (f" ± {fmt(r[key + '_sd'])}" if key + "_sd" in r else "")
+
     for r in rows:
         lines.append(f"| {r['run']} | {r['init']} | {fmt(r['seg_val_dice'])} | {r['trainable_params']:,} | "
-                     f"{fmt(r['accuracy'])} | {fmt(r['macro_f1'])} | {fmt(r['macro_auc'])} | "
-                     + " | ".join(fmt(r[f'f1_{n}']) for n in names)
-                     + f" | {fmt(r['video_accuracy'])} | {r['epochs']} | {r['n_test_frames']} / {r['n_test_videos']} |")
+                     f"{ms(r, 'accuracy')} | {ms(r, 'macro_f1')} | {ms(r, 'macro_auc')} | "
+                     + " | ".join(ms(r, f'f1_{n}') for n in names)
+                     + f" | {ms(r, 'video_accuracy')} | {r['epochs']:g} | {r['n_test_frames']} / {r['n_test_videos']} |")
+    seeds = cfg["sweep"]["seeds"]
+    if seeds:
+        lines += ["", f"Mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each seed initialises and "
+                      "shuffles the classifier anew; the data, the split and the segmentation sources are the same."]
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)

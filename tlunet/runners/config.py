@@ -157,6 +157,13 @@ def check_schedule(path, where, value):
         raise ConfigError(f"{path}: {where}: {e}") from None
 
 
+def check_seeds(path, seeds):
+    """`sweep.seeds`: None, or a non-empty list of distinct whole numbers."""
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or
+                              not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
+        raise ConfigError(f"{path}: sweep.seeds must be a list of distinct whole numbers, or null. Received: {seeds!r}")
+
+
 def check_size(path, where, value, dims):
     """`value` is a list of `dims` positive whole numbers."""
     if not isinstance(value, (list, tuple)) or len(value) != dims or \

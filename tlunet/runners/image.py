@@ -25,7 +25,7 @@ from tlunet.data.phantoms import lung_ultrasound
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -71,10 +71,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     threshold = cfg["evaluation"]["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
         raise ConfigError(f"{path}: evaluation.threshold must be a number in (0, 1). Received: {threshold!r}")
-    seeds = cfg["sweep"]["seeds"]
-    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or
-                              not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)):
-        raise ConfigError(f"{path}: sweep.seeds must be a list of distinct whole numbers, or null. Received: {seeds!r}")
+    check_seeds(path, cfg["sweep"]["seeds"])
     check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "gradient_accumulation"),
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
