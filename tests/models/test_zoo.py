@@ -35,6 +35,17 @@ def test_vgg16_unet_matches_v_unet_count():
     assert encoder.output_shape[-1] == (None, 16, 16, 512)  # bridge block5_conv3, no last pool
     with pytest.raises(ValueError):
         encoder.get_layer("block5_pool")
+    assert not [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_vgg16_unet_batchnorm_is_in_the_decoder_only():
+    """batchnorm=True (for training from random weights): conv-BN-ReLU in each decoder stage, no conv
+    bias there; the VGG16 encoder is unchanged."""
+    plain = tlunet.build_model("vgg16_unet", input_shape=(64, 64, 1))
+    bn = tlunet.build_model("vgg16_unet", input_shape=(64, 64, 1), batchnorm=True)
+    norms = [layer.name for layer in bn.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 8 and all(name.startswith("decoder_stage") for name in norms)
+    assert bn.get_layer("encoder").count_params() == plain.get_layer("encoder").count_params()
 
 
 def test_mobilenetv2_unet_matches_wang_counts():

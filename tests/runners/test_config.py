@@ -35,13 +35,12 @@ def test_shipped_configs_load_in_every_profile():
     quick = load_config("wang2023_fetal_head", "quick")
     assert quick["data"]["root"] == "sample:hc18_small"
     assert os.path.isfile(os.path.join(tlunet.sample_path("hc18_small"), "training_set_pixel_size_and_HC.csv"))
-    # default roots never point outside the package: a bundled sample, `download`, or unset
+    # every profile of every shipped experiment loads (a profile's model options must fit its
+    # model); default roots never point outside the package: a bundled sample, `download`, or unset
+    from tlunet.resources import find_config, read_config
     for name in tlunet.list_experiments():
-        for profile in (None, "quick", "full"):
-            try:
-                cfg = load_config(name, profile)
-            except ConfigError:
-                continue  # a profile this experiment does not have
+        for profile in (None, *(read_config(find_config(name)).get("profiles") or {})):
+            cfg = load_config(name, profile)
             for d in (cfg["data"], cfg.get("pretrain", {}).get("data", {})):
                 root = d.get("root")
                 assert root is None or root == "download" or str(root).startswith(("sample:", "/path/to")), (name, root)

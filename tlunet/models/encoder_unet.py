@@ -61,12 +61,14 @@ def build_encoder_unet(input_shape, classes=1, *, encoder, decoder_filters, deco
 
 
 def build_vgg16_unet(input_shape, classes=1, *, activation="auto", encoder_weights=None,
-                     channel_mode="repeat"):
+                     channel_mode="repeat", batchnorm=False):
     """V-Unet (Cheng & Lam 2021): VGG16 encoder bridged at block5_conv3, transposed-conv decoder
-    with 512/256/128/64 filters, no batch norm, 1x1 head. See `build_encoder_unet` for the args."""
+    with 512/256/128/64 filters, no batch norm, 1x1 head. `batchnorm=True` puts BatchNorm in the
+    decoder's convolutions (not Cheng & Lam's; for training from random weights on few images;
+    VGG16's encoder has none either way). See `build_encoder_unet` for the other args."""
     return build_encoder_unet(
         input_shape, classes, encoder="vgg16", decoder_filters=(512, 256, 128, 64),
-        decoder_upsample="transpose", decoder_batchnorm=False, head_kernel_size=1,
+        decoder_upsample="transpose", decoder_batchnorm=batchnorm, head_kernel_size=1,
         activation=activation, encoder_weights=encoder_weights, channel_mode=channel_mode,
         name="vgg16_unet")
 
