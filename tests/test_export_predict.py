@@ -101,26 +101,33 @@ def _thresholding_model(shape):
 
 
 def test_keep_largest_region_matches_the_numpy_largest_component():
-    """The in-graph labelling gives scikit-image's 8-connected largest component on random masks of
-    many shapes, a long spiral (the worst case for spreading labels) and an empty mask."""
+    """The in-graph labelling keeps scikit-image's 8-connected largest component, ties included (the
+    region whose first pixel comes first in reading order), on batches of random masks of many
+    shapes, on equal regions, on a long spiral (the worst case for spreading labels) and on an
+    empty mask, which is returned unchanged."""
     from scipy import ndimage
 
     from tlunet.biometry import largest_component
     from tlunet.export import keep_largest_region
     keep = tf.function(keep_largest_region)
     rng = np.random.default_rng(0)
-    compared = 0
-    for _ in range(30):
+    several = 0
+    for _ in range(8):
         h, w = rng.integers(5, 90, 2)
-        p = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 3))
-        p = ((p - p.min()) / (np.ptp(p) + 1e-9)).astype(np.float32)
-        counts = np.sort(np.bincount(ndimage.label(p >= 0.5, np.ones((3, 3)))[0].ravel())[1:])
-        if len(counts) > 1 and counts[-1] == counts[-2]:
-            continue  # two largest regions of equal size: either is right
-        out = keep(tf.constant(p[None, ..., None]), 0.5).numpy()[0, ..., 0]
-        np.testing.assert_array_equal(out >= 0.5, largest_component(p >= 0.5))
-        compared += len(counts) > 1
-    assert compared >= 10  # most masks had several regions to choose from
+        batch = np.stack([ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 3)) for _ in range(5)])
+        batch = ((batch - batch.min()) / np.ptp(batch)).astype(np.float32)
+        out = keep(tf.constant(batch[..., None]), 0.5).numpy()[..., 0]
+        for p, o in zip(batch, out):
+            np.testing.assert_array_equal(o >= 0.5, largest_component(p >= 0.5))
+            several += ndimage.label(p >= 0.5, np.ones((3, 3)))[1] > 1
+    assert several >= 10  # most maps had several regions to choose from
+    ties = np.zeros((2, 12, 12), np.float32)
+    ties[0, 1:4, 7:10] = ties[0, 6:9, 1:4] = 0.9  # equal squares: the upper one comes first
+    ties[1] = ties[0][:, ::-1]
+    out = keep(tf.constant(ties[..., None]), 0.5).numpy()[..., 0]
+    for p, o in zip(ties, out):
+        np.testing.assert_array_equal(o >= 0.5, largest_component(p >= 0.5))
+    assert (out[0] >= 0.5)[2, 8] and (out[1] >= 0.5)[2, 3]
     spiral = np.zeros((61, 61), bool)
     for k in range(0, 30, 4):  # nested square rings, each joined to the next by a one-pixel bridge
         spiral[k, k:61 - k] = spiral[60 - k, k:61 - k] = spiral[k:61 - k, k] = spiral[k:61 - k, 60 - k] = True
@@ -152,7 +159,13 @@ def test_exported_serve_keeps_the_largest_region_only_when_asked(tmp_path):
     head = kept[0, ..., 0] >= 0.5
     assert head[80, 80] and not head[8, 190]  # the ellipse stays, the small square goes
     np.testing.assert_allclose(kept[0, ..., 0][head], plain[head], atol=1e-5)  # the region keeps its probabilities
-    assert kept[1].max() < 0.5  # a blank image stays blank (nothing to keep, nothing removed)
+    # a per-pixel model is its own mirror, so flip changes nothing: exactly the evaluation's region,
+    # taken at the scan's own size after the resize
+    from tlunet.biometry import largest_component
+    np.testing.assert_array_equal(head, largest_component(plain >= 0.5))
+    blank = bare.serve(tf.constant(np.zeros_like(image)[None, ..., None])).numpy()[0]
+    assert blank.max() > 0 and blank.max() < 0.5
+    np.testing.assert_allclose(kept[1], blank, atol=1e-6)  # no region: nothing kept, nothing removed
     with pytest.raises(ValueError, match="SavedModel's serve endpoint only"):
         export_model(model, tmp_path / "m.tflite", format="litert", largest_component=True)
     two = tlunet.build_model("unet", input_shape=(32, 32, 1), classes=3, filters=(4, 8, 16, 32, 64))

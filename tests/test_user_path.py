@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 import yaml
 
@@ -77,8 +78,10 @@ def test_models_the_runner_writes_export_and_serve(trained_run, tmp_path, which)
     probs = model(x)
     if flip:  # the mean of the image's and its mirror's probabilities, as the run was evaluated
         probs = (probs + tf.reverse(model(tf.reverse(x, [2])), [2])) / 2
-        probs = keep_largest_region(probs)  # checked against scikit-image in test_export_predict.py
-    expected = tf.image.resize(probs, image.shape[:2]).numpy()
+    expected = tf.image.resize(probs, image.shape[:2])
+    if flip:  # at the scan's size, after the resize (checked against scikit-image in test_export_predict.py)
+        expected = keep_largest_region(expected)
+    expected = expected.numpy()
     assert np.abs(out - expected).max() < 1e-4
     if flip:  # and it differs from the bare model, which --tta none exports
         bare = tf.image.resize(model(x), image.shape[:2]).numpy()
@@ -111,6 +114,54 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
     assert done.returncode == 0, done.stderr
     assert "239 images" in done.stdout and "hc_abs_error_mm" in done.stdout
     assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
+
+
+def test_export_and_predict_flags_for_the_largest_region_from_the_console_script(tmp_path):
+    """`tlunet export` takes the largest-region step from the run's config.yaml, a flag overrides it
+    either way, and a LiteRT file refuses the flag; `tlunet predict --largest-component` writes one
+    region per mask. The model's probability is a steep function of the grey level, so an image
+    with two bright blobs gives two regions."""
+    from scipy import ndimage
+
+    from test_export_predict import _blobs_image, _thresholding_model  # tests/ is on the path (no __init__.py)
+    run = tmp_path / "run"
+    run.mkdir()
+    _thresholding_model((64, 96, 1)).save(run / "model.keras")
+    (run / "config.yaml").write_text(yaml.safe_dump({"evaluation": {"tta": None, "largest_component": True,
+                                                                    "threshold": 0.5}}))
+    image = _blobs_image(135, 200)
+
+    def regions(saved):
+        loaded = tf.saved_model.load(str(saved))
+        out = loaded.serve(tf.constant(image[None, ..., None])).numpy()[0, ..., 0]
+        return ndimage.label(out >= 0.5, np.ones((3, 3)))[1]
+
+    done = _console("export", run / "model.keras", tmp_path / "from_config", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "keeps only the largest region of probabilities >= 0.5" in done.stdout and str(run / "config.yaml") in done.stdout
+    assert regions(tmp_path / "from_config") == 1
+    done = _console("export", run / "model.keras", tmp_path / "every", "--no-largest-component", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "largest region" not in done.stdout and regions(tmp_path / "every") == 2
+    (run / "config.yaml").write_text("evaluation: [not, a, mapping]\n")
+    done = _console("export", run / "model.keras", tmp_path / "bad", cwd=tmp_path)
+    assert done.returncode == 2 and "`evaluation` is not a mapping" in done.stderr and "Traceback" not in done.stderr
+    done = _console("export", run / "model.keras", tmp_path / "flags", "--tta", "none", "--largest-component",
+                    "--threshold", "0.5", cwd=tmp_path)  # every setting by flag: the odd config is not read
+    assert done.returncode == 0, done.stderr
+    assert regions(tmp_path / "flags") == 1
+    done = _console("export", run / "model.keras", tmp_path / "m.tflite", "--tta", "none", "--largest-component",
+                    "--threshold", "0.5", cwd=tmp_path)
+    assert done.returncode == 2 and "serve endpoint only" in done.stderr and not (tmp_path / "m.tflite").exists()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    Image.fromarray(image).save(scans / "scan.png")
+    for flag, expected in (([], 2), (["--largest-component"], 1)):
+        out = tmp_path / f"pred{len(flag)}"
+        done = _console("predict", run / "model.keras", scans, out, *flag, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        mask = np.asarray(Image.open(out / "masks" / "scan.png")) > 0
+        assert ndimage.label(mask, np.ones((3, 3)))[1] == expected
 
 
 def test_bad_model_file_is_one_line_from_the_console_script(tmp_path):

@@ -158,32 +158,41 @@ def _cmd_predict(args):
 
 
 def _export_settings(args):
-    """{"tta", "largest_component", "threshold"} and where each came from: the flags, else the
-    `evaluation` section of the run folder's config.yaml when the model is a run's model.keras, so
-    the export predicts as the run was evaluated."""
-    evaluation, config = {}, os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
-    if os.path.isfile(config):
+    """({"tta", "largest_component", "threshold"}, where each came from): each from its flag, else
+    from the `evaluation` section of the run folder's config.yaml when the model is a run's
+    model.keras (read only for what no flag gives), so the export predicts as the run was evaluated."""
+    flags = {"tta": None if args.tta is None else (None if args.tta == "none" else args.tta),
+             "largest_component": args.largest_component, "threshold": args.threshold}
+    names = {"tta": "--tta", "largest_component": "--largest-component", "threshold": "--threshold"}
+    settings = {k: v for k, v in flags.items() if v is not None or (k == "tta" and args.tta is not None)}
+    source = {k: names[k] for k in settings}
+    config = os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
+    missing = [k for k in flags if k not in settings]
+    if missing and os.path.isfile(config):
+        hint = "pass " + ", ".join(names[k] for k in missing)
         try:
             with open(config) as f:
-                evaluation = (yaml.safe_load(f) or {}).get("evaluation") or {}
-            dict(evaluation)
-        except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"{config}: unreadable run config beside {args.model} ({e}); pass --tta and "
-                             "--largest-component / --no-largest-component") from e
-    else:
-        config = None
-    tta, tta_from = (None if args.tta == "none" else args.tta, "--tta") if args.tta else (evaluation.get("tta"), config)
-    if tta not in (None, "flip"):
-        raise ValueError(f"{config}: evaluation.tta is {tta!r}; pass --tta none or flip")
-    keep, keep_from = ((args.largest_component, "--largest-component") if args.largest_component is not None
-                       else (evaluation.get("largest_component", False), config))
-    if not isinstance(keep, bool):
-        raise ValueError(f"{config}: evaluation.largest_component is {keep!r}; pass --largest-component or "
-                         "--no-largest-component")
-    threshold = evaluation.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
-        raise ValueError(f"{config}: evaluation.threshold is {threshold!r}, not a number in (0, 1)")
-    return {"tta": tta, "largest_component": keep, "threshold": threshold}, {"tta": tta_from, "largest_component": keep_from}
+                saved = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{config}: unreadable run config beside {args.model} ({type(e).__name__}); {hint}") from e
+        evaluation = saved.get("evaluation") if isinstance(saved, dict) else None
+        if evaluation is not None and not isinstance(evaluation, dict):
+            raise ValueError(f"{config}: `evaluation` is not a mapping ({evaluation!r}); {hint}")
+        for k in missing:
+            if k in (evaluation or {}):
+                settings[k], source[k] = evaluation[k], config
+    settings = {"tta": None, "largest_component": False, "threshold": 0.5} | settings
+    if settings["tta"] not in (None, "flip"):
+        raise ValueError(f"{source['tta']}: evaluation.tta is {settings['tta']!r}; pass --tta none or flip")
+    if not isinstance(settings["largest_component"], bool):
+        raise ValueError(f"{source['largest_component']}: evaluation.largest_component is "
+                         f"{settings['largest_component']!r}; pass --largest-component or --no-largest-component")
+    threshold = settings["threshold"]
+    if settings["largest_component"] and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                          or not 0 < threshold < 1):
+        raise ValueError(f"{source.get('threshold', config)}: the threshold of --largest-component is {threshold!r}, "
+                         "not a number in (0, 1); pass --threshold")
+    return settings, source
 
 
 def _cmd_export(args):
@@ -202,18 +211,23 @@ def _cmd_export(args):
         raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
     settings, source = _export_settings(args)
     if fmt != "savedmodel":
-        for key, what, hint in (("tta", "--tta flip", "average its output on each image and its left-right mirror"),
-                                ("largest_component", "--largest-component",
-                                 "keep the largest region of its thresholded output")):
-            if settings[key] and source[key] == ("--tta" if key == "tta" else "--largest-component"):
-                raise ValueError(f"{what} is built into a SavedModel's serve endpoint only; a --format {fmt} file is "
+        kind = {"litert": "LiteRT", "onnx": "ONNX"}[fmt]
+        for key in ("tta", "largest_component"):
+            if not settings[key]:
+                continue
+            what, hint = (("flip test-time augmentation", "average its output on each image and its left-right mirror")
+                          if key == "tta" else
+                          (f"the largest region of probabilities >= {settings['threshold']:g}",
+                           "keep the largest region of its thresholded output"))
+            if source[key].startswith("--"):
+                raise ValueError(f"{source[key]} is built into a SavedModel's serve endpoint only; a {kind} file is "
                                  "the bare model")
-            if settings[key]:
-                print(f"Note: {source[key]} evaluated the run with {key.replace('_', ' ')}; a {fmt} file is the bare "
-                      f"model ({hint} to predict as the run was evaluated).")
+            print(f"Note: {source[key]} evaluated the run with {what}; a {kind} file is the bare model ({hint} to "
+                  "predict as the run was evaluated).")
     model = _load_model(args.model)
     if fmt == "savedmodel":
-        path = export_savedmodel(model, args.output, size=args.size, **settings)
+        path = export_savedmodel(model, args.output, size=args.size, tta=settings["tta"],
+                                 largest_component=settings["largest_component"], threshold=settings["threshold"])
         built = []
         if settings["tta"]:
             built.append(f"averages each image's and its mirror's probabilities (flip test-time augmentation, from "
@@ -354,6 +368,9 @@ def build_parser():
                    help="the SavedModel's serve keeps only the largest connected region of probabilities >= the "
                         "threshold (others read 0); one-channel models. Default: the evaluation.largest_component "
                         "of the run's config.yaml when MODEL is a run's model.keras, else off")
+    p.add_argument("--threshold", type=float,
+                   help="the probability that defines --largest-component's regions. Default: the "
+                        "evaluation.threshold of the run's config.yaml, else 0.5")
     p.add_argument("--quantize", choices=["int8"], help="LiteRT full-integer quantisation (float32 in and out)")
     p.add_argument("--representative", metavar="FOLDER",
                    help="images that calibrate --quantize int8 (a folder of images, or one with images/)")

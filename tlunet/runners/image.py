@@ -65,9 +65,11 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     if not isinstance(cfg["evaluation"]["largest_component"], bool):
         raise ConfigError(f"{path}: evaluation.largest_component must be true or false. "
                           f"Received: {cfg['evaluation']['largest_component']!r}")
-    if cfg["evaluation"]["largest_component"] and cfg["model"].get("classes", 1) != 1:
-        raise ConfigError(f"{path}: evaluation.largest_component keeps one region of a one-class model; "
-                          f"model.classes is {cfg['model'].get('classes')!r}")
+    for run in cfg["runs"] if cfg["evaluation"]["largest_component"] else []:
+        classes = merge(cfg["model"], run.get("model") if isinstance(run, dict) else None).get("classes", 1)
+        if classes != 1:
+            raise ConfigError(f"{path}: evaluation.largest_component keeps one region of a one-class model; "
+                              f"run {run.get('name')!r} has model.classes {classes!r}")
     threshold = cfg["evaluation"]["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
         raise ConfigError(f"{path}: evaluation.threshold must be a number in (0, 1). Received: {threshold!r}")
