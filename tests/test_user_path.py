@@ -118,8 +118,8 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
 
 def test_export_and_predict_flags_for_the_largest_region_from_the_console_script(tmp_path):
     """`tlunet export` takes the largest-region step from the run's config.yaml, a flag overrides it
-    either way, and a LiteRT file refuses the flag; `tlunet predict --largest-component` writes one
-    region per mask. The model's probability is a steep function of the grey level, so an image
+    either way, and a LiteRT file refuses the flag; `tlunet predict` takes the step from the run's
+    config.yaml too, and writes one region per mask. The model's probability is a steep function of the grey level, so an image
     with two bright blobs gives two regions."""
     from scipy import ndimage
 
@@ -156,10 +156,12 @@ def test_export_and_predict_flags_for_the_largest_region_from_the_console_script
     scans = tmp_path / "scans"
     scans.mkdir()
     Image.fromarray(image).save(scans / "scan.png")
-    for flag, expected in (([], 2), (["--largest-component"], 1)):
+    (run / "config.yaml").write_text(yaml.safe_dump({"evaluation": {"largest_component": True, "threshold": 0.5}}))
+    for flag, expected in (([], 1), (["--no-largest-component"], 2)):  # predict, too, works as the run was evaluated
         out = tmp_path / f"pred{len(flag)}"
         done = _console("predict", run / "model.keras", scans, out, *flag, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
+        assert ("the largest region only (from " in done.stdout) == (not flag)
         mask = np.asarray(Image.open(out / "masks" / "scan.png")) > 0
         assert ndimage.label(mask, np.ones((3, 3)))[1] == expected
 

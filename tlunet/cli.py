@@ -149,18 +149,24 @@ def _cmd_evaluate(args):
 
 
 def _cmd_predict(args):
+    settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
-    rows = predict_folder(model, args.input, args.output, threshold=args.threshold, pixel_sizes=sizes,
-                          largest_component=args.largest_component)
-    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}")
+    rows = predict_folder(model, args.input, args.output, pixel_sizes=sizes, **settings)
+    used = [f"flip test-time augmentation (from {source['tta']})"] if settings["tta"] else []
+    if settings["largest_component"]:
+        used.append(f"the largest region only (from {source['largest_component']})")
+    used.append(f"threshold {settings['threshold']:g}" + (f" (from {source['threshold']})" if "threshold" in source else ""))
+    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {', '.join(used)}")
     return 0
 
 
-def _export_settings(args):
+def _run_settings(args, threshold_always=False):
     """({"tta", "largest_component", "threshold"}, where each came from): each from its flag, else
     from the `evaluation` section of the run folder's config.yaml when the model is a run's
-    model.keras (read only for what no flag gives), so the export predicts as the run was evaluated."""
+    model.keras (read only for what no flag gives), so export and predict work as the run was
+    evaluated. The threshold is checked where it is used: always (`threshold_always`, predict), or
+    for the largest-region step (export)."""
     flags = {"tta": None if args.tta is None else (None if args.tta == "none" else args.tta),
              "largest_component": args.largest_component, "threshold": args.threshold}
     names = {"tta": "--tta", "largest_component": "--largest-component", "threshold": "--threshold"}
@@ -188,10 +194,10 @@ def _export_settings(args):
         raise ValueError(f"{source['largest_component']}: evaluation.largest_component is "
                          f"{settings['largest_component']!r}; pass --largest-component or --no-largest-component")
     threshold = settings["threshold"]
-    if settings["largest_component"] and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                          or not 0 < threshold < 1):
-        raise ValueError(f"{source.get('threshold', config)}: the threshold of --largest-component is {threshold!r}, "
-                         "not a number in (0, 1); pass --threshold")
+    if (settings["largest_component"] or threshold_always) and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1):
+        raise ValueError(f"{source.get('threshold', config)}: the threshold is {threshold!r}, not a number in (0, 1); "
+                         "pass --threshold")
     return settings, source
 
 
@@ -209,7 +215,7 @@ def _cmd_export(args):
         raise ValueError("--representative calibrates int8 quantisation; add --quantize int8")
     if args.validation_data and fmt != "litert":
         raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
-    settings, source = _export_settings(args)
+    settings, source = _run_settings(args)
     if fmt != "savedmodel":
         kind = {"litert": "LiteRT", "onnx": "ONNX"}[fmt]
         for key in ("tta", "largest_component"):
@@ -348,9 +354,13 @@ def build_parser():
     p.add_argument("output", help="output folder")
     p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
     p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--largest-component", action="store_true",
-                   help="keep only the largest connected region of each mask (one head per scan)")
+    p.add_argument("--threshold", type=float, help="foreground probability. Default: the evaluation.threshold of "
+                   "the run's config.yaml when MODEL is a run's model.keras, else 0.5")
+    p.add_argument("--tta", choices=["none", "flip"], help="flip: average each image's and its mirror's "
+                   "probabilities. Default: the run's evaluation.tta, else none")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected region of each mask, at the scan's size (one head per "
+                        "scan). Default: the run's evaluation.largest_component, else off")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 

@@ -62,7 +62,8 @@ def _check_pixel_sizes(pixel_sizes):
     return positive_number(pixel_sizes, "`pixel_sizes` (tlunet predict --pixel-size)")
 
 
-def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4, largest_component=False):
+def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4, largest_component=False,
+                   tta=None):
     """Segments every image of `input_dir` with a binary tlunet model.
 
     Writes `out_dir/masks/<stem>.png` (0/255 at the original size), `out_dir/overlays/<stem>.png`
@@ -81,7 +82,9 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         threshold: probability threshold.
         pixel_sizes: None, a float for every image, or {file name: mm}; each > 0 and finite.
         batch_size: images per forward pass.
-        largest_component: keep only the largest connected region of each mask (one head per scan).
+        largest_component: keep only the largest connected region of each mask (one head per scan),
+            at the image's own size.
+        tta: None, or "flip" to average each image's and its mirror's probabilities.
 
     Returns:
         list of row dicts, as written to predictions.csv.
@@ -94,6 +97,8 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if model.output_shape[-1] != 1:
         raise ValueError(f"predict_folder handles one-channel (binary) models; {model.name!r} has "
                          f"{model.output_shape[-1]} output channels")
+    if tta not in (None, "flip"):
+        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     pixel_sizes = _check_pixel_sizes(pixel_sizes)
     names = [f for f in list_files(input_dir, IMAGE_SUFFIXES) if "_Annotation" not in f]
     if not names:
@@ -125,7 +130,10 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         batch_names = names[start:start + batch_size]
         originals = [read_image(os.path.join(input_dir, n), channels=channels) for n in batch_names]
         x = np.stack([resize_pair(im, np.zeros(im.shape[:2], np.uint8), (h, w))[0] for im in originals])
-        probs = model.predict(x.astype(np.float32) / 255.0, verbose=0)[..., 0]
+        x = x.astype(np.float32) / 255.0
+        probs = model.predict(x, verbose=0)[..., 0]
+        if tta == "flip":
+            probs = (probs + model.predict(x[:, :, ::-1], verbose=0)[..., 0][:, :, ::-1]) / 2
         for name, image, p in zip(batch_names, originals, probs):
             prob = np.asarray(Image.fromarray(p.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
             mask = (prob >= threshold).astype(np.uint8)
