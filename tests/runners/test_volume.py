@@ -113,7 +113,7 @@ def test_shipped_volume_configs_load_in_every_profile():
             assert cfg["task"] == "volume" and cfg["runs"]
     wang = load_config("wang2020_lesion_transfer")
     assert {r["transfer"] for r in wang["runs"]} == {"scratch", "continual", "body", "encoder", "hybrid"}
-    assert wang["sweep"] == {"folds": 5, "train_on": "fold"}
+    assert wang["sweep"] == {"folds": 5, "train_on": "fold", "seeds": None}
 
 
 @pytest.mark.slow
@@ -143,3 +143,19 @@ def test_unavailable_pretrained_weights_skip_the_run_and_say_so_in_the_log(tmp_p
     assert [r["name"] for r, _, _ in ready] == ["random"] and skipped[0][0] == "kinetics"
     assert "kinetics400 weights could not be downloaded" in skipped[0][1]
     assert capsys.readouterr().out == ""  # nothing printed behind the caller's log
+
+
+@pytest.mark.slow
+def test_volume_seed_sweep_records_each_seed_and_reports_the_spread_over_seeds(tmp_path):
+    cfg = config_from_dict({**TINY3D, "runs": [{"name": "body", "transfer": "body"}], "sweep": {"seeds": [5, 6]}},
+                           str(tmp_path / "s.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    exp = tmp_path / "results" / "tiny3d"
+    saved = [yaml.safe_load(open(exp / f"body-seed{s}" / "config.yaml"))["run_seed"] for s in (5, 6)]
+    assert saved == [5, 6]
+    dice = [np.mean([float(r["dice"]) for r in csv.DictReader(open(exp / f"body-seed{s}" / "metrics.csv"))])
+            for s in (5, 6)]
+    assert dice[0] != dice[1]  # the seeds trained different models
+    assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(np.mean(dice))
+    assert rows[0]["dice_sd"] == pytest.approx(np.std(dice)) and rows[0]["seeds"] == 2
+    assert "Dice: mean ± sd over 2 seeds (5, 6;" in (exp / "summary.md").read_text()

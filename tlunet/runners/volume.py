@@ -18,7 +18,8 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_size,
+from tlunet.runners.config import (check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds,
+                                   check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
@@ -38,7 +39,7 @@ DEFAULTS = {
                  "lr_schedule": None, "tensorboard": False, "distribute": None,
                  "gradient_accumulation": 1},
     "inference": {"overlap": 0.5, "tta": False, "batch_size": 2, "nsd_tolerance_mm": 1.0},
-    "sweep": {"folds": None, "train_on": "rest"},
+    "sweep": {"folds": None, "train_on": "rest", "seeds": None},
     "runs": [],
 }
 TOP_KEYS = {"data", "model", "training", "inference", "sweep", "pretrain"}
@@ -66,6 +67,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
         if d["kind"] == "nifti" and not d.get("root"):
             raise ConfigError(f"{path}: {where}.kind nifti needs `root`")
         check_size(path, f"{where}.patch_size", d["patch_size"], 3)
+    check_seeds(path, cfg["sweep"]["seeds"])
     if cfg["sweep"]["train_on"] not in ("rest", "fold"):
         raise ConfigError(f"{path}: sweep.train_on must be 'rest' (k-fold CV) or 'fold' (train on one fold)")
     for run in cfg["runs"]:
@@ -194,20 +196,23 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     log(f"[{cfg['name']}] data: {source}; patches {tuple(cfg['data']['patch_size'])}")
     source_model = pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
     summary = []
+    seeds = cfg["sweep"]["seeds"] or [None]
     for spec, weights, weights_note in ready:
         fold_rows = []
         for k, (train, val, test) in enumerate(splits):
-            name = spec["name"] + (f"-fold{k}" if len(splits) > 1 else "")
-            run_dir = os.path.join(exp_dir, name)
-            row = read_done(run_dir, cfg, spec)
-            if row is not None:
-                log(f"[{cfg['name']}] {name}: done earlier, skipped")
-            else:
-                row = _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_model, cases,
-                                          train, val, test, k, verbose)
-                log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, NSD {row['nsd']:.3f}, "
-                    f"trainable {row['trainable_params']:,}, {time.time() - start:.0f}s")
-            fold_rows.append(row)
+            for s in seeds:  # seeds vary the initialisation and the patches drawn; not the split or the source
+                name = spec["name"] + (f"-fold{k}" if len(splits) > 1 else "") + (f"-seed{s}" if s is not None else "")
+                run_dir = os.path.join(exp_dir, name)
+                row = read_done(run_dir, cfg, spec)
+                if row is not None:
+                    log(f"[{cfg['name']}] {name}: done earlier, skipped")
+                else:
+                    row = _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_model, cases,
+                                              train, val, test, k, verbose, seed=cfg["seed"] + k if s is None else s,
+                                              repeat_seed=s)
+                    log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f}, NSD {row['nsd']:.3f}, "
+                        f"trainable {row['trainable_params']:,}, {time.time() - start:.0f}s")
+                fold_rows.append(row)
         summary.append(aggregate_folds(fold_rows, MEASURES))
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
@@ -215,10 +220,10 @@ def run(cfg, out_dir="results", verbose=0, log=print):
 
 
 def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_model, cases, train, val, test, fold,
-                        verbose):
+                        verbose, seed, repeat_seed=None):
     t, shape, method = cfg["training"], (*cfg["data"]["patch_size"], 1), spec.get("transfer")
     mcfg = merge(cfg["model"], spec.get("model"))
-    start_run(run_dir, cfg["seed"] + fold)
+    start_run(run_dir, seed)
     with distribution_scope(cfg):  # build, transfer and train under the strategy (after start_run's reset)
         if method is None:
             model = tlunet.build_model(mcfg["name"], input_shape=shape, encoder_weights=weights,
@@ -228,10 +233,10 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
                                                         input_shape=shape)
             weights_note = f"{method}: {len(report.copied)} layers from the source model" if method != "scratch" \
                 else "scratch: random init"
-        write_config(run_dir, cfg, run=spec, fold=fold, weights_used=weights_note,
+        write_config(run_dir, cfg, run=spec, fold=fold, run_seed=seed, weights_used=weights_note,
                      train_cases=[cases[i]["case"] for i in train], test_cases=[cases[i]["case"] for i in test])
         bar = EpochProgress(name, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
-        done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"] + fold, True),
+        done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], seed, True),
                           _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
                           run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
@@ -246,7 +251,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
     slice_overlays(test_cases, preds, os.path.join(run_dir, "figures", "overlays.png"))
     save_model(model, os.path.join(run_dir, "model.keras"))
     row = summary_row(spec, done, weights_note, rows, MEASURES, fold=fold, transfer=method or "—",
-                      n_train=len(train), n_test=len(test))
+                      n_train=len(train), n_test=len(test), **({"seed": repeat_seed} if repeat_seed is not None else {}))
     finish_run(run_dir, row, name)
     return row
 
@@ -265,6 +270,12 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
                      (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
                      f"{fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
+    seeds = cfg["sweep"]["seeds"]
+    folds = any(r.get("folds", 1) > 1 for r in rows)
+    spread = ("folds" if folds else "the test cases") if not seeds else (
+        ("folds and " if folds else "") + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}; each initialises the "
+        "model and draws the training patches anew; the split and the source model are the same)")
+    lines += ["", f"Dice: mean ± sd over {spread}."]
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
     if paper.get("note"):
