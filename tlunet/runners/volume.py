@@ -269,7 +269,7 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
         lines.append(f"| {r['run']} | {r['transfer']} | {r['trainable_params']:,} | {fmt(r['dice'])}{sd} | " +
                      (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
                      f"{fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
-                     f"{r['epochs']} | {r['n_train']} / {r['n_test']} | {r['folds']} | {r['weights']} |")
+                     f"{r['epochs']:g} | {r['n_train']:g} / {r['n_test']} | {r['folds']} | {r['weights']} |")
     seeds = cfg["sweep"]["seeds"]
     folds = any(r.get("folds", 1) > 1 for r in rows)
     spread = ("folds" if folds else "the test cases") if not seeds else (
