@@ -87,6 +87,6 @@ def test_seed_sweep_trains_each_classifier_per_seed_and_reports_mean_and_sd(tmp_
     assert len(rows) == 1 and rows[0]["accuracy"] == pytest.approx(np.mean(accuracy))
     assert rows[0]["accuracy_sd"] == pytest.approx(np.std(accuracy)) and rows[0]["seeds"] == 2
     summary = (exp / "summary.md").read_text()
-    assert f"{np.mean(accuracy):.3f} ± {np.std(accuracy):.3f}" in summary and "Mean ± sd over 2 seeds (3, 4)" in summary
+    assert f"{np.mean(accuracy):.3f} ± {np.std(accuracy):.3f}" in summary and "Mean ± sd (population sd) over 2 seeds (3, 4)" in summary
     with pytest.raises(ConfigError, match="sweep.seeds must be a list of distinct whole numbers"):
         config_from_dict({**TINY_CLS, "sweep": {"seeds": [1, 1]}}, str(tmp_path / "bad.yaml"))

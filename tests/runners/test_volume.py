@@ -147,15 +147,18 @@ def test_unavailable_pretrained_weights_skip_the_run_and_say_so_in_the_log(tmp_p
 
 @pytest.mark.slow
 def test_volume_seed_sweep_records_each_seed_and_reports_the_spread_over_seeds(tmp_path):
-    cfg = config_from_dict({**TINY3D, "runs": [{"name": "body", "transfer": "body"}], "sweep": {"seeds": [5, 6]}},
-                           str(tmp_path / "s.yaml"))
+    """Folds x seeds: one folder per (fold, seed) recording its seed; the summary's mean and sd over
+    all four runs, each fold's test cases counted once, and the table says what the ± is over."""
+    cfg = config_from_dict({**TINY3D, "runs": [{"name": "body", "transfer": "body"}],
+                            "sweep": {"folds": 2, "seeds": [5, 6]}}, str(tmp_path / "s.yaml"))
     rows = run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
     exp = tmp_path / "results" / "tiny3d"
-    saved = [yaml.safe_load(open(exp / f"body-seed{s}" / "config.yaml"))["run_seed"] for s in (5, 6)]
-    assert saved == [5, 6]
-    dice = [np.mean([float(r["dice"]) for r in csv.DictReader(open(exp / f"body-seed{s}" / "metrics.csv"))])
-            for s in (5, 6)]
+    names = [f"body-fold{k}-seed{s}" for k in (0, 1) for s in (5, 6)]
+    assert [yaml.safe_load(open(exp / n / "config.yaml"))["run_seed"] for n in names] == [5, 6, 5, 6]
+    dice = [np.mean([float(r["dice"]) for r in csv.DictReader(open(exp / n / "metrics.csv"))]) for n in names]
     assert dice[0] != dice[1]  # the seeds trained different models
     assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(np.mean(dice))
-    assert rows[0]["dice_sd"] == pytest.approx(np.std(dice)) and rows[0]["seeds"] == 2
-    assert "Dice: mean ± sd over 2 seeds (5, 6;" in (exp / "summary.md").read_text()
+    assert rows[0]["dice_sd"] == pytest.approx(np.std(dice)) and rows[0]["seeds"] == 2 and rows[0]["folds"] == 2
+    assert rows[0]["n_test"] == 4  # every volume tested once per seed, counted once
+    assert "Dice: mean ± sd (population sd) over the 2 × 2 runs of 2 folds and 2 seeds (5, 6;" in \
+        (exp / "summary.md").read_text()

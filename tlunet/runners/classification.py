@@ -311,9 +311,10 @@ def _write_summary(cfg, exp_dir, rows, source, log=print):
                      + " | ".join(ms(r, f'f1_{n}') for n in names)
                      + f" | {ms(r, 'video_accuracy')} | {r['epochs']:g} | {r['n_test_frames']} / {r['n_test_videos']} |")
     seeds = cfg["sweep"]["seeds"]
-    if seeds:
-        lines += ["", f"Mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each seed initialises and "
-                      "shuffles the classifier anew; the data, the split and the segmentation sources are the same."]
+    if seeds and len(seeds) > 1:
+        lines += ["", f"Mean ± sd (population sd) over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each seed "
+                      "initialises and shuffles the classifier anew; the data, the split and the segmentation sources "
+                      "are the same."]
     if paper.get("note"):
         lines += ["", paper["note"]]
     write_tables(exp_dir, lines, rows, log)

@@ -271,11 +271,13 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
                      f"{fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']:g} | {r['n_train']:g} / {r['n_test']} | {r['folds']} | {r['weights']} |")
     seeds = cfg["sweep"]["seeds"]
-    folds = any(r.get("folds", 1) > 1 for r in rows)
-    spread = ("folds" if folds else "the test cases") if not seeds else (
-        ("folds and " if folds else "") + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}; each initialises the "
-        "model and draws the training patches anew; the split and the source model are the same)")
-    lines += ["", f"Dice: mean ± sd over {spread}."]
+    folds = max(r.get("folds", 1) for r in rows) if rows else 1
+    seeds = seeds if seeds and len(seeds) > 1 else None
+    spread = ((f"the {folds} folds" if folds > 1 else "the test cases") if not seeds else
+              (f"the {folds} × {len(seeds)} runs of {folds} folds and " if folds > 1 else "the runs of ")
+              + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}; each initialises the model and draws the training "
+              "patches anew; the split and the source model are the same)")
+    lines += ["", f"Dice: mean ± sd (population sd) over {spread}."]
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
     if paper.get("note"):
