@@ -67,6 +67,17 @@ def largest_component(mask):
     return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
 
 
+def mask_at_size(prob, size, threshold=0.5, largest=False):
+    """A probability map (h, w) resized bilinearly to `size` (H, W), then thresholded (`>=`); with
+    `largest`, only its largest connected region. The challenge's order: resize before threshold."""
+    from PIL import Image
+
+    prob = np.asarray(prob, np.float32)
+    h, w = size
+    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) if prob.shape != (h, w) else prob
+    return largest_component(full >= threshold) if largest else full >= threshold
+
+
 def head_circumference(mask, pixel_size):
     """Head circumference in mm of a filled head mask: ellipse fitted to the largest component's
     edge, Ramanujan perimeter, times the pixel size. NaN if no ellipse fits."""
@@ -107,12 +118,7 @@ def challenge_measures(prob, true_mask, pixel_size, hc_true, threshold=0.5):
         dict: hc_pred_mm, hc_true_mm, df_mm (pred - true), adf_mm (|df|), dice_full (Dice at full
         size), hausdorff_mm (symmetric, between the outlines); and "mask", the full-size prediction.
     """
-    from PIL import Image
-
-    h, w = np.asarray(true_mask).shape[:2]
-    prob = np.asarray(prob, np.float32)
-    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) if prob.shape != (h, w) else prob
-    pred = largest_component(full >= threshold)
+    pred = mask_at_size(prob, np.asarray(true_mask).shape[:2], threshold, largest=True)
     truth = np.asarray(true_mask) > 0
     hc_pred = head_circumference(pred, pixel_size) if pred.any() else float("nan")
     df = hc_pred - hc_true

@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlunet.inference import IMAGE_TTA
+
 FORMATS = ("savedmodel", "litert", "onnx")
 SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 INSTALL_HINT = "pip install 'tlunet[export]'"
@@ -69,7 +71,7 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     Returns:
         `path`.
     """
-    if tta not in (None, "flip"):
+    if tta not in IMAGE_TTA:
         raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     if largest_component and model.output_shape[-1] != 1:
         raise ValueError(f"largest_component keeps one region of a one-channel (binary) model; {model.name!r} has "
@@ -146,7 +148,7 @@ def keep_largest_region(probs, threshold=0.5):
 
     Regions are labelled by spreading, through each region, the label of its first pixel: a step
     takes the maximum along every horizontal and vertical run of foreground, then over each 3x3
-    neighbourhood, until nothing changes. A head takes a few steps (about 0.01 s per 800x540
+    neighbourhood, until nothing changes. A head takes a few steps (about 0.1 s per 800x540
     image on a 2-core CPU); a ragged or zigzag map takes one step per turn (seconds).
     """
     fg = probs[..., 0] >= tf.cast(threshold, probs.dtype)

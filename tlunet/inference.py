@@ -1,4 +1,5 @@
-"""Whole-volume inference: sliding windows with overlap and Gaussian blending, and flip TTA.
+"""Inference: 2D image batches with optional flip TTA (`predict_images`), and whole volumes with
+sliding windows, overlap, Gaussian blending and flip TTA (`sliding_window_predict`).
 
 A 3D model trained on patches segments volumes of any size: the volume is covered by windows of
 the patch size, evenly spaced with at least `overlap` between neighbours; each window's prediction
@@ -13,6 +14,18 @@ import numpy as np
 from tlunet.progress import progress as _progress
 
 BLEND_MODES = ("gaussian", "constant")
+IMAGE_TTA = (None, "flip")
+
+
+def predict_images(model, x, batch_size=8, tta=None):
+    """Probabilities of a 2D model on float images `x` (N, H, W, C) in [0, 1]; `tta="flip"`
+    averages each image's and its left-right mirror's (as a run's `evaluation.tta: flip`)."""
+    if tta not in IMAGE_TTA:
+        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta == "flip":
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
+    return probs
 
 
 def gaussian_importance(patch_size, sigma_scale=0.125):

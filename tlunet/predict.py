@@ -7,10 +7,11 @@ import os
 import numpy as np
 from PIL import Image
 
-from tlunet.biometry import head_circumference, largest_component as largest_region
+from tlunet.biometry import head_circumference, mask_at_size
 from tlunet.data.folders import list_files
 from tlunet.data.io import IMAGE_SUFFIXES, DataError, check_row_fields, positive_number, read_image
 from tlunet.data.pipeline import resize_pair
+from tlunet.inference import IMAGE_TTA, predict_images
 
 
 def overlay(image, mask, color=(255, 64, 0), alpha=0.45):
@@ -97,7 +98,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if model.output_shape[-1] != 1:
         raise ValueError(f"predict_folder handles one-channel (binary) models; {model.name!r} has "
                          f"{model.output_shape[-1]} output channels")
-    if tta not in (None, "flip"):
+    if tta not in IMAGE_TTA:  # checked before any file is read
         raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     pixel_sizes = _check_pixel_sizes(pixel_sizes)
     names = [f for f in list_files(input_dir, IMAGE_SUFFIXES) if "_Annotation" not in f]
@@ -130,15 +131,9 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         batch_names = names[start:start + batch_size]
         originals = [read_image(os.path.join(input_dir, n), channels=channels) for n in batch_names]
         x = np.stack([resize_pair(im, np.zeros(im.shape[:2], np.uint8), (h, w))[0] for im in originals])
-        x = x.astype(np.float32) / 255.0
-        probs = model.predict(x, verbose=0)[..., 0]
-        if tta == "flip":
-            probs = (probs + model.predict(x[:, :, ::-1], verbose=0)[..., 0][:, :, ::-1]) / 2
+        probs = predict_images(model, x.astype(np.float32) / 255.0, batch_size, tta)[..., 0]
         for name, image, p in zip(batch_names, originals, probs):
-            prob = np.asarray(Image.fromarray(p.astype(np.float32)).resize(image.shape[1::-1], Image.BILINEAR))
-            mask = (prob >= threshold).astype(np.uint8)
-            if largest_component:
-                mask = largest_region(mask).astype(np.uint8)
+            mask = mask_at_size(p, image.shape[:2], threshold, largest=largest_component).astype(np.uint8)
             stem = os.path.splitext(name)[0]
             Image.fromarray(mask * 255).save(os.path.join(out_dir, "masks", f"{stem}.png"))
             Image.fromarray(overlay(image, mask)).save(os.path.join(out_dir, "overlays", f"{stem}.png"))

@@ -11,17 +11,17 @@ import os
 import time
 
 import numpy as np
-from PIL import Image
 
 import tlunet
 from tlunet import evaluation as ev
-from tlunet.biometry import challenge_measures, head_circumference, largest_component as largest_region
+from tlunet.biometry import challenge_measures, head_circumference, largest_component as largest_region, mask_at_size
 from tlunet.data import (SegmentationSet, experiment_splits, find_pairs, fraction_indices, hc18_set, load_arrays,
                          make_dataset, resize_pair, split_indices)
 from tlunet.data.download import download_hc18
 from tlunet.data.hc18 import read_filled_annotation
 from tlunet.data.io import read_image
 from tlunet.data.phantoms import lung_ultrasound
+from tlunet.inference import IMAGE_TTA, predict_images
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
@@ -50,7 +50,6 @@ DEFAULTS = {
 TOP_KEYS = {"data", "model", "training", "sweep", "pretrain", "evaluation"}
 DATA_KEYS = set(DEFAULTS["data"]) | {"root", "layout", "n", "phantom_size", "get"}
 MEASURES = ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm", "df_mm", "adf_mm", "dice_full", "hausdorff_mm")
-TTA = (None, "flip")
 
 
 def config_from_dict(raw, path, profile=None, overrides=None):
@@ -60,8 +59,8 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                                      "training": (cfg["training"], DEFAULTS["training"]),
                                      "sweep": (cfg["sweep"], DEFAULTS["sweep"]),
                                      "evaluation": (cfg["evaluation"], DEFAULTS["evaluation"])})
-    if cfg["evaluation"]["tta"] not in TTA:
-        raise ConfigError(f"{path}: evaluation.tta must be one of {list(TTA)}. Received: {cfg['evaluation']['tta']!r}")
+    if cfg["evaluation"]["tta"] not in IMAGE_TTA:
+        raise ConfigError(f"{path}: evaluation.tta must be one of {list(IMAGE_TTA)}. Received: {cfg['evaluation']['tta']!r}")
     if not isinstance(cfg["evaluation"]["largest_component"], bool):
         raise ConfigError(f"{path}: evaluation.largest_component must be true or false. "
                           f"Received: {cfg['evaluation']['largest_component']!r}")
@@ -155,10 +154,7 @@ def predict_labels(model, images, threshold=0.5, batch_size=8, tta=None, largest
     """(probabilities, label maps): thresholded foreground for one output channel, argmax for several.
     `tta="flip"` averages the probabilities of each image and of its left-right mirror;
     `largest_component` keeps only the largest connected region of each foreground (one channel)."""
-    x = images.astype(np.float32) / 255.0
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta == "flip":
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
+    probs = predict_images(model, images.astype(np.float32) / 255.0, batch_size, tta)
     labels = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else np.argmax(probs, -1)
     if largest_component:
         if probs.shape[-1] != 1:
@@ -194,9 +190,7 @@ def evaluate_cases(model, images, masks, meta, threshold=0.5, batch_size=8, tta=
                 full_size.append(c["mask"])
             row.update({k: v for k, v in c.items() if k != "mask"}, hc_abs_error_mm=c["adf_mm"])
         elif "pixel_size" in m and "hc_mm" in m and classes == 2:
-            h, w = m["original_size"]
-            full = np.asarray(Image.fromarray(prob[..., 0].astype(np.float32)).resize((w, h), Image.BILINEAR))
-            hc = head_circumference(full >= threshold, m["pixel_size"])
+            hc = head_circumference(mask_at_size(prob[..., 0], m["original_size"], threshold), m["pixel_size"])
             row.update(hc_pred_mm=hc, hc_true_mm=m["hc_mm"], hc_abs_error_mm=abs(hc - m["hc_mm"]))
         rows.append(row)
     return rows, labels

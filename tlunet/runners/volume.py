@@ -270,9 +270,8 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
                      (f"{paper_value(paper, r['run'])} | " if has_paper else "") +
                      f"{fmt(r['nsd'])} | {fmt(r['hd95_mm'], 1, 1)} | "
                      f"{r['epochs']:g} | {r['n_train']:g} / {r['n_test']} | {r['folds']} | {r['weights']} |")
-    seeds = cfg["sweep"]["seeds"]
+    seeds = cfg["sweep"]["seeds"] if len(cfg["sweep"]["seeds"] or []) > 1 else None
     folds = max(r.get("folds", 1) for r in rows) if rows else 1
-    seeds = seeds if seeds and len(seeds) > 1 else None
     spread = ((f"the {folds} folds" if folds > 1 else "the test cases") if not seeds else
               (f"the {folds} × {len(seeds)} runs of {folds} folds and " if folds > 1 else "the runs of ")
               + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}; each initialises the model and draws the training "
