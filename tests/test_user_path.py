@@ -112,8 +112,24 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
     done = _console("evaluate", model_path, "--kind", "hc18", "--data", sample, "--csv", tmp_path / "m.csv",
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "239 images" in done.stdout and "hc_abs_error_mm" in done.stdout
+    assert "239 images" in done.stdout and "adf_mm" in done.stdout and "dice_full" in done.stdout
+    config = str(trained_run / "config.yaml")
+    assert f"flip test-time augmentation (from {config})" in done.stdout
+    assert f"the largest region only (from {config})" in done.stdout
     assert not any(noise in done.stderr for noise in TF_NOISE), done.stderr
+    # with the run's own settings, evaluate gives the run's own per-image numbers on its test images
+    with open(tmp_path / "m.csv") as f:
+        evaluated = {r["case"]: r for r in csv.DictReader(f)}
+    with open(trained_run / "metrics.csv") as f:
+        own = list(csv.DictReader(f))
+    assert own and all(r["case"] in evaluated for r in own)
+    for r in own:
+        for k in ("dice", "adf_mm", "dice_full"):
+            assert float(evaluated[r["case"]][k]) == pytest.approx(float(r[k]), abs=1e-4), (r["case"], k)
+    bare = _console("evaluate", model_path, "--kind", "hc18", "--data", sample, "--tta", "none",
+                    "--no-largest-component", cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    assert "test-time" not in bare.stdout and "largest region" not in bare.stdout
 
 
 def test_export_and_predict_flags_for_the_largest_region_from_the_console_script(tmp_path):

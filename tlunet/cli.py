@@ -123,6 +123,7 @@ def _load_model(path):
 
 
 def _cmd_evaluate(args):
+    settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
     _, h, w, channels = model.input_shape
     if args.image_size:
@@ -135,10 +136,14 @@ def _cmd_evaluate(args):
     if args.kind == "pairs":
         raw["data"]["layout"] = args.layout
     cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
-    images, masks, meta, _, source = load_data(cfg, cfg["data"])
-    rows, _ = evaluate_cases(model, images, masks, meta)
-    keys = [k for k in ("dice", "miou", "pixel_accuracy", "hc_abs_error_mm") if k in rows[0]]
-    print(f"{args.model} on {source} ({len(rows)} images at {h}x{w}):")
+    images, masks, meta, _, source_data = load_data(cfg, cfg["data"])
+    rows, _ = evaluate_cases(model, images, masks, meta, **settings)
+    # HC18 scans with their full-size annotation get the challenge's measures (adf_mm is their HC error)
+    keys = [k for k in ("dice", "miou", "pixel_accuracy", "df_mm", "adf_mm", "dice_full", "hausdorff_mm")
+            if k in rows[0]]
+    if "adf_mm" not in keys and "hc_abs_error_mm" in rows[0]:
+        keys.append("hc_abs_error_mm")
+    print(f"{args.model} on {source_data} ({len(rows)} images at {h}x{w}; {_settings_used(settings, source)}):")
     for k in keys:
         values = np.array([r[k] for r in rows], float)
         print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
@@ -148,24 +153,29 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _settings_used(settings, source):
+    """What `tlunet evaluate`/`predict` applied, and where each setting came from."""
+    used = [f"flip test-time augmentation (from {source['tta']})"] if settings["tta"] else []
+    if settings["largest_component"]:
+        used.append(f"the largest region only (from {source['largest_component']})")
+    used.append(f"threshold {settings['threshold']:g}" + (f" (from {source['threshold']})" if "threshold" in source else ""))
+    return ", ".join(used)
+
+
 def _cmd_predict(args):
     settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
     rows = predict_folder(model, args.input, args.output, pixel_sizes=sizes, **settings)
-    used = [f"flip test-time augmentation (from {source['tta']})"] if settings["tta"] else []
-    if settings["largest_component"]:
-        used.append(f"the largest region only (from {source['largest_component']})")
-    used.append(f"threshold {settings['threshold']:g}" + (f" (from {source['threshold']})" if "threshold" in source else ""))
-    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {', '.join(used)}")
+    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {_settings_used(settings, source)}")
     return 0
 
 
 def _run_settings(args, threshold_always=False):
     """({"tta", "largest_component", "threshold"}, where each came from): each from its flag, else
     from the `evaluation` section of the run folder's config.yaml when the model is a run's
-    model.keras (read only for what no flag gives), so export and predict work as the run was
-    evaluated. The threshold is checked where it is used: always (`threshold_always`, predict), or
+    model.keras (read only for what no flag gives), so evaluate, predict and export work as the
+    run was evaluated. The threshold is checked where it is used: always (`threshold_always`, predict), or
     for the largest-region step (export)."""
     flags = {"tta": None if args.tta is None else (None if args.tta == "none" else args.tta),
              "largest_component": args.largest_component, "threshold": args.threshold}
@@ -270,6 +280,18 @@ def _cmd_export(args):
     return 0
 
 
+def _add_run_setting_flags(p):
+    """evaluate's and predict's --threshold, --tta, --largest-component: each defaults to the
+    `evaluation` section of the run's config.yaml when MODEL is a run's model.keras."""
+    p.add_argument("--threshold", type=float, help="foreground probability. Default: the evaluation.threshold of "
+                   "the run's config.yaml when MODEL is a run's model.keras, else 0.5")
+    p.add_argument("--tta", choices=["none", "flip"], help="flip: average each image's and its mirror's "
+                   "probabilities. Default: the run's evaluation.tta, else none")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected region of each mask, at the scan's size (one head per "
+                        "scan). Default: the run's evaluation.largest_component, else off")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="tlunet", description="Transfer-learning U-Nets (Keras 3).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,13 +360,15 @@ def build_parser():
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and HC error on HC18) of a model")
+    p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and on HC18 the challenge's DF, ADF, full-size "
+                       "Dice and Hausdorff) of a model")
     p.add_argument("model", help="a .keras file")
     p.add_argument("--data", required=True)
     p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
     p.add_argument("--layout", default="generic")
     p.add_argument("--csv", help="write per-case metrics here")
     p.add_argument("--image-size", type=_shape, help="H,W to evaluate at, for a model built with any input size")
+    _add_run_setting_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -354,13 +378,7 @@ def build_parser():
     p.add_argument("output", help="output folder")
     p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
     p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
-    p.add_argument("--threshold", type=float, help="foreground probability. Default: the evaluation.threshold of "
-                   "the run's config.yaml when MODEL is a run's model.keras, else 0.5")
-    p.add_argument("--tta", choices=["none", "flip"], help="flip: average each image's and its mirror's "
-                   "probabilities. Default: the run's evaluation.tta, else none")
-    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the largest connected region of each mask, at the scan's size (one head per "
-                        "scan). Default: the run's evaluation.largest_component, else off")
+    _add_run_setting_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_predict)
 

@@ -4,7 +4,8 @@ full-size scan; the mask is `serve(...) >= 0.5`, nothing else. The export is `tl
 default for a run folder: with the run's `evaluation.tta` and `evaluation.largest_component` built
 in (flip and the largest region for the `cpu` profile); `--tta none` and `--no-largest-component`
 score the bare model. Dice and Hausdorff against the filled annotation at full size, HC (DF,
-ADF) from the mask with the CSV's pixel size. The test split is rebuilt from the run's config.yaml.
+ADF) from the mask with the CSV's pixel size. The split is rebuilt from the run's config.yaml: the
+test fetuses by default, `--split val` for the validation fetuses (the ones to choose settings on).
 
     python tools/exported_test_hc18.py results/wang2023_fetal_head/scratch ../shared/data/hc18
 """
@@ -26,6 +27,8 @@ def main():
     parser.add_argument("--tta", choices=["none", "flip"], help="passed to tlunet export (default: the run's)")
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                         help="passed to tlunet export (default: the run's)")
+    parser.add_argument("--split", choices=["val", "test"], default="test",
+                        help="which of the run's fetuses to score: val to choose on, test for the end (default: test)")
     args = parser.parse_args()
     import tensorflow as tf
 
@@ -38,7 +41,8 @@ def main():
         cfg = yaml.safe_load(f)
     records = find_hc18(args.hc18)
     groups = [r.subject for r in records]
-    _, _, test = experiment_splits(len(records), cfg["data"]["split"], cfg["seed"], groups, None)[0]
+    _, val, test = experiment_splits(len(records), cfg["data"]["split"], cfg["seed"], groups, None)[0]
+    chosen = val if args.split == "val" else test
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
         tlunet_cli = os.path.join(os.path.dirname(sys.executable), "tlunet")
@@ -50,7 +54,7 @@ def main():
         print(done.stdout.strip().split(" Endpoints:")[0])
         served = tf.saved_model.load(saved)
         rows = []
-        for i in test:
+        for i in chosen:
             r = records[i]
             image, truth = load_hc18_record(r)
             pred = served.serve(tf.constant(image[None])).numpy()[0, ..., 0] >= 0.5
@@ -58,7 +62,7 @@ def main():
             rows.append((dice(pred, truth > 0), hc - r.hc_mm,
                          hausdorff(pred, truth > 0, spacing=(r.pixel_size, r.pixel_size))))
     d, df, hd = (np.array(v, float) for v in zip(*rows))
-    print(f"{len(test)} test images of {len({groups[i] for i in test})} fetuses via `tlunet export` (serve >= 0.5):")
+    print(f"{len(chosen)} {args.split} images of {len({groups[i] for i in chosen})} fetuses via `tlunet export` (serve >= 0.5):")
     print(f"  Dice {d.mean():.4f} (median {np.median(d):.4f}, min {d.min():.4f}); ADF {np.nanmean(np.abs(df)):.2f} mm "
           f"(median {np.nanmedian(np.abs(df)):.2f}); DF {np.nanmean(df):+.2f} mm; Hausdorff {np.nanmean(hd):.2f} mm")
 
