@@ -153,6 +153,17 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _cmd_ensemble(args):
+    from tlunet.ensemble import write_ensemble
+
+    path = write_ensemble(args.models, args.out)
+    model = keras.models.load_model(path)
+    print(f"wrote {path}: the mean probability of {len(args.models)} models, input {model.input_shape[1]}x"
+          f"{model.input_shape[2]}, and {os.path.join(args.out, 'config.yaml')}; `tlunet evaluate`, `predict` and "
+          "`export` of it use the members' evaluation settings")
+    return 0
+
+
 def _settings_used(settings, source):
     """What `tlunet evaluate`/`predict` applied, and where each setting came from."""
     used = [f"flip test-time augmentation (from {source['tta']})"] if settings["tta"] else []
@@ -371,6 +382,12 @@ def build_parser():
     _add_run_setting_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("ensemble", help="one model averaging several trained models' probabilities (.keras)")
+    p.add_argument("models", nargs="+", help="two or more .keras files, e.g. runs' model.keras of one split")
+    p.add_argument("--out", required=True, help="folder for model.keras and config.yaml (a new one)")
+    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("predict", help="folder of images -> masks, overlays, predictions.csv")
     p.add_argument("model", help="a .keras file")

@@ -1,0 +1,141 @@
+"""Ensembles: one model averaging trained models' probabilities, made from finished runs by the
+`tlunet ensemble` console script, loaded after `import tlunet`, and exported with the members'
+evaluation settings."""
+
+import os
+import subprocess
+import sysconfig
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+import tlunet
+from tlunet.ensemble import ensemble_model, write_ensemble
+from tlunet.export import keep_largest_region
+from tlunet.runners import config_from_dict, run_experiment
+
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+
+
+def _console(*args, cwd):
+    exe = SCRIPTS / "tlunet"
+    assert exe.exists(), f"no console script at {exe}: install tlunet first"
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _tiny(shape, seed):
+    keras.utils.set_random_seed(seed)
+    return tlunet.build_model("unet", input_shape=shape, filters=[4, 8])
+
+
+def test_same_size_members_average_exactly():
+    a, b, c = _tiny((32, 48, 1), 0), _tiny((32, 48, 1), 1), _tiny((32, 48, 1), 2)
+    x = np.random.default_rng(0).random((2, 32, 48, 1)).astype("float32")
+    expected = (a(x).numpy() + b(x).numpy() + c(x).numpy()) / 3
+    model = ensemble_model([a, b, c])
+    assert model.input_shape == (None, 32, 48, 1) and not model.trainable_weights
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["member0", "member1", "member2"]
+    np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-6)
+
+
+def test_a_smaller_member_sees_the_image_at_its_own_size():
+    """The ensemble takes the larger input; the smaller member gets it shrunk (antialiased, as
+    `tlunet export` shrinks a scan) and its probabilities are resized back."""
+    big, small = _tiny((64, 96, 1), 0), _tiny((32, 48, 1), 1)
+    x = np.random.default_rng(1).random((1, 64, 96, 1)).astype("float32")
+    shrunk = tf.image.resize(x, (32, 48), method="bilinear", antialias=True)
+    back = tf.image.resize(small(shrunk), (64, 96), method="bilinear").numpy()
+    model = ensemble_model([small, big])
+    assert model.input_shape == (None, 64, 96, 1)
+    np.testing.assert_allclose(model(x).numpy(), (back + big(x).numpy()) / 2, atol=1e-5)
+
+
+def test_bad_members_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="two or more"):
+        ensemble_model([_tiny((32, 48, 1), 0)])
+    with pytest.raises(ValueError, match="different channel counts"):
+        ensemble_model([_tiny((32, 48, 1), 0), _tiny((32, 48, 3), 0)])
+    with pytest.raises(ValueError, match="fixed input size"):
+        ensemble_model([_tiny((32, 48, 1), 0), tlunet.build_model("unet", input_shape=(None, None, 1), filters=[4, 8])])
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """Two runs of one split (seeds 0 and 1) through the runner, on the bundled HC18 sample."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    cfg = config_from_dict({
+        "name": "tiny_hc18",
+        "data": {"kind": "hc18", "root": "sample:hc18_small", "limit": 16, "image_size": [32, 64],
+                 "split": [0.5, 0.25, 0.25]},
+        "model": {"name": "unet", "filters": [4, 8, 16]},
+        "training": {"epochs": 2, "batch_size": 4},
+        "sweep": {"seeds": [0, 1]},
+        "evaluation": {"tta": "flip", "largest_component": True},
+        "runs": [{"name": "scratch"}],
+    }, str(tmp / "tiny.yaml"))
+    run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
+    return [tmp / "results" / "tiny_hc18" / f"scratch-seed{s}" for s in (0, 1)]
+
+
+@pytest.mark.slow
+def test_the_console_script_makes_an_ensemble_of_runs_that_exports_with_their_settings(two_seeds, tmp_path):
+    members = [run / "model.keras" for run in two_seeds]
+    done = _console("ensemble", *members, "--out", tmp_path / "ens", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "mean probability of 2 models" in done.stdout
+    with open(tmp_path / "ens" / "config.yaml") as f:
+        cfg = yaml.safe_load(f)
+    with open(two_seeds[0] / "config.yaml") as f:
+        first = yaml.safe_load(f)
+    assert cfg["data"]["split"] == first["data"]["split"] and cfg["seed"] == first["seed"]  # the members' test split
+    assert cfg["evaluation"] == first["evaluation"] and cfg["model"] == {"name": "ensemble"}
+    assert [m["model"] for m in cfg["ensemble"]] == [str(m) for m in members]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no optimizer-state mismatch on load, no custom_objects needed
+        model = keras.models.load_model(tmp_path / "ens" / "model.keras")
+    loaded = [keras.models.load_model(m) for m in members]
+    x = np.random.default_rng(2).random((2, 32, 64, 1)).astype("float32")
+    np.testing.assert_allclose(model(x).numpy(), (loaded[0](x).numpy() + loaded[1](x).numpy()) / 2, atol=1e-5)
+    # tlunet export of the ensemble builds in the members' flip TTA and largest region, as for a run
+    done = _console("export", tmp_path / "ens" / "model.keras", tmp_path / "sm", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "flip test-time augmentation" in done.stdout and "largest region" in done.stdout
+    image = np.asarray(tf.io.decode_png(tf.io.read_file(
+        str(Path(tlunet.sample_path("hc18_small")) / "training_set" / "044_HC.png")), channels=1))
+    served = tf.saved_model.load(str(tmp_path / "sm"))  # keep a reference: its variables live in it
+    out = served.serve(tf.constant(image[None])).numpy()
+    assert out.shape == (1, *image.shape[:2], 1)
+    x = tf.image.resize(image[None] / 255.0, (32, 64), antialias=True)  # serve = the ensemble, flip TTA, largest region
+    probs = (model(x) + tf.reverse(model(tf.reverse(x, [2])), [2])) / 2
+    expected = keep_largest_region(tf.image.resize(probs, image.shape[:2])).numpy()
+    assert np.abs(out - expected).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_members_of_different_splits_or_files_are_refused(two_seeds, tmp_path):
+    members = [run / "model.keras" for run in two_seeds]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.keras").write_bytes(members[1].read_bytes())
+    with open(two_seeds[1] / "config.yaml") as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"]["split"] = [0.6, 0.2, 0.2]
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"differ in data\.split.*other/config\.yaml"):
+        write_ensemble([members[0], other / "model.keras"], tmp_path / "ens")
+    assert not (tmp_path / "ens").exists()  # nothing half-written
+    with pytest.raises(ValueError, match="named twice"):
+        write_ensemble([members[0], members[0]], tmp_path / "ens")
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        write_ensemble([members[0], tmp_path / "missing.keras"], tmp_path / "ens")
+    done = _console("ensemble", members[0], tmp_path / "missing.keras", "--out", tmp_path / "ens", cwd=tmp_path)
+    assert done.returncode == 2 and "missing.keras" in done.stderr and "Traceback" not in done.stderr
+    write_ensemble(members, tmp_path / "ens")
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_ensemble(members, tmp_path / "ens")
+    assert sorted(os.listdir(tmp_path / "ens")) == ["config.yaml", "model.keras"]  # no temporary file left
