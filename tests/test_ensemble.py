@@ -60,6 +60,9 @@ def test_bad_members_are_refused_with_the_reason():
         ensemble_model([_tiny((32, 48, 1), 0)])
     with pytest.raises(ValueError, match="different channel counts"):
         ensemble_model([_tiny((32, 48, 1), 0), _tiny((32, 48, 3), 0)])
+    classifier = keras.Sequential([keras.Input((32, 48, 1)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="averages segmentation maps"):
+        ensemble_model([_tiny((32, 48, 1), 0), classifier])
     with pytest.raises(ValueError, match="fixed input size"):
         ensemble_model([_tiny((32, 48, 1), 0), tlunet.build_model("unet", input_shape=(None, None, 1), filters=[4, 8])])
 
@@ -105,6 +108,11 @@ def test_the_console_script_makes_an_ensemble_of_runs_that_exports_with_their_se
     done = _console("export", tmp_path / "ens" / "model.keras", tmp_path / "sm", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "flip test-time augmentation" in done.stdout and "largest region" in done.stdout
+    # tlunet evaluate of the ensemble: its input size, the members' data kind and evaluation settings
+    done = _console("evaluate", tmp_path / "ens" / "model.keras", "--data", tlunet.sample_path("hc18_small"),
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "239 images at 32x64" in done.stdout and "adf_mm" in done.stdout and "flip test-time" in done.stdout
     image = np.asarray(tf.io.decode_png(tf.io.read_file(
         str(Path(tlunet.sample_path("hc18_small")) / "training_set" / "044_HC.png")), channels=1))
     served = tf.saved_model.load(str(tmp_path / "sm"))  # keep a reference: its variables live in it
@@ -116,26 +124,54 @@ def test_the_console_script_makes_an_ensemble_of_runs_that_exports_with_their_se
     assert np.abs(out - expected).max() < 1e-4
 
 
-@pytest.mark.slow
-def test_members_of_different_splits_or_files_are_refused(two_seeds, tmp_path):
-    members = [run / "model.keras" for run in two_seeds]
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "model.keras").write_bytes(members[1].read_bytes())
-    with open(two_seeds[1] / "config.yaml") as f:
+def _copy_run(run, to, change=None):
+    """A copy of a run folder (model.keras, config.yaml) with `change(config)` applied."""
+    to.mkdir()
+    (to / "model.keras").write_bytes((run / "model.keras").read_bytes())
+    with open(run / "config.yaml") as f:
         cfg = yaml.safe_load(f)
-    cfg["data"]["split"] = [0.6, 0.2, 0.2]
-    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match=r"differ in data\.split.*other/config\.yaml"):
-        write_ensemble([members[0], other / "model.keras"], tmp_path / "ens")
-    assert not (tmp_path / "ens").exists()  # nothing half-written
-    with pytest.raises(ValueError, match="named twice"):
-        write_ensemble([members[0], members[0]], tmp_path / "ens")
+    if change:
+        change(cfg)
+    (to / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return to / "model.keras"
+
+
+@pytest.mark.slow
+def test_members_of_different_splits_or_evaluations_are_refused(two_seeds, tmp_path):
+    first = two_seeds[0] / "model.keras"
+    cases = {"split": (lambda c: c["data"].update(split=[0.6, 0.2, 0.2]), r"data\.split"),
+             "fold": (lambda c: c.update(fold=1), "fold"),
+             "tta": (lambda c: c["evaluation"].update(tta=None), "evaluation")}
+    for name, (change, message) in cases.items():
+        other = _copy_run(two_seeds[1], tmp_path / name, change)
+        with pytest.raises(ValueError, match=rf"differ in {message}.*{name}/config\.yaml"):
+            write_ensemble([first, other], tmp_path / "ens")
+        assert not (tmp_path / "ens").exists()  # nothing half-written
+    # a key an older config lacks means the runner's default: largest_component false
+    old = _copy_run(two_seeds[0], tmp_path / "old", lambda c: c["evaluation"].pop("largest_component"))
+    new = _copy_run(two_seeds[1], tmp_path / "new", lambda c: c["evaluation"].update(largest_component=False))
+    path, _ = write_ensemble([old, new], tmp_path / "ens_old")
+    with open(tmp_path / "ens_old" / "config.yaml") as f:
+        assert yaml.safe_load(f)["evaluation"]["largest_component"] is False
+    with pytest.raises(ValueError, match="differ in evaluation"):  # but not true
+        write_ensemble([old, two_seeds[1] / "model.keras"], tmp_path / "ens")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.keras").write_bytes((two_seeds[1] / "model.keras").read_bytes())  # no config.yaml beside it
+    with pytest.raises(ValueError, match="no run config.yaml beside it"):
+        write_ensemble([first, bare / "model.keras"], tmp_path / "ens")
+
+
+@pytest.mark.slow
+def test_missing_copied_or_existing_files_are_refused(two_seeds, tmp_path):
+    members = [run / "model.keras" for run in two_seeds]
+    with pytest.raises(ValueError, match="is the same file as"):
+        write_ensemble([members[0], _copy_run(two_seeds[0], tmp_path / "copy")], tmp_path / "ens")
     with pytest.raises(FileNotFoundError, match="missing.keras"):
         write_ensemble([members[0], tmp_path / "missing.keras"], tmp_path / "ens")
     done = _console("ensemble", members[0], tmp_path / "missing.keras", "--out", tmp_path / "ens", cwd=tmp_path)
     assert done.returncode == 2 and "missing.keras" in done.stderr and "Traceback" not in done.stderr
     write_ensemble(members, tmp_path / "ens")
-    with pytest.raises(FileExistsError, match="already exists"):
-        write_ensemble(members, tmp_path / "ens")
     assert sorted(os.listdir(tmp_path / "ens")) == ["config.yaml", "model.keras"]  # no temporary file left
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_ensemble(members, tmp_path / "ens")

@@ -109,7 +109,7 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
     with open(sample / "training_set_pixel_size_and_HC.csv") as f:
         sizes = {r["filename"]: float(r["pixel size(mm)"]) for r in csv.DictReader(f)}
     assert [float(r["pixel_size_mm"]) for r in rows] == [sizes["044_HC.png"], sizes["082_HC.png"]]
-    done = _console("evaluate", model_path, "--kind", "hc18", "--data", sample, "--csv", tmp_path / "m.csv",
+    done = _console("evaluate", model_path, "--data", sample, "--csv", tmp_path / "m.csv",  # --kind hc18: the run's
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "239 images" in done.stdout and "adf_mm" in done.stdout and "dice_full" in done.stdout
@@ -127,9 +127,12 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
         for k in ("dice", "adf_mm", "dice_full"):
             assert float(evaluated[r["case"]][k]) == pytest.approx(float(r[k]), abs=1e-4), (r["case"], k)
     bare = _console("evaluate", model_path, "--kind", "hc18", "--data", sample, "--tta", "none",
-                    "--no-largest-component", cwd=tmp_path)
+                    "--no-largest-component", "--csv", tmp_path / "bare.csv", cwd=tmp_path)
     assert bare.returncode == 0, bare.stderr
     assert "test-time" not in bare.stdout and "largest region" not in bare.stdout
+    with open(tmp_path / "bare.csv") as f:  # and the flags reached the evaluation
+        bare_rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert max(abs(float(bare_rows[c]["dice"]) - float(evaluated[c]["dice"])) for c in evaluated) > 1e-4
 
 
 def test_export_and_predict_flags_for_the_largest_region_from_the_console_script(tmp_path):

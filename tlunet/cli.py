@@ -130,11 +130,19 @@ def _cmd_evaluate(args):
         h, w = args.image_size
     if h is None or w is None:
         raise ValueError(f"{args.model} accepts any input size; pass --image-size H,W (the size it was trained at)")
-    raw = {"name": "evaluate", "data": {"kind": args.kind, "root": os.path.abspath(args.data),
+    kind, layout = args.kind, args.layout
+    if kind is None or layout is None:  # a run's: its config's data kind and layout
+        saved = _run_config(args.model, "pass --kind and --layout")
+        data = (saved.get("data") if isinstance(saved, dict) else None) or {}
+        if kind is None:
+            kind = data.get("kind") if data.get("kind") in ("hc18", "pairs") else "pairs"
+        if layout is None:
+            layout = data.get("layout") or "generic"
+    raw = {"name": "evaluate", "data": {"kind": kind, "root": os.path.abspath(args.data),
                                         "image_size": [h, w], "channels": channels},
            "runs": [{"name": "evaluate"}]}
-    if args.kind == "pairs":
-        raw["data"]["layout"] = args.layout
+    if kind == "pairs":
+        raw["data"]["layout"] = layout
     cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
     images, masks, meta, _, source_data = load_data(cfg, cfg["data"])
     rows, _ = evaluate_cases(model, images, masks, meta, **settings)
@@ -156,11 +164,13 @@ def _cmd_evaluate(args):
 def _cmd_ensemble(args):
     from tlunet.ensemble import write_ensemble
 
-    path = write_ensemble(args.models, args.out)
-    model = keras.models.load_model(path)
+    path, model = write_ensemble(args.models, args.out)
+    with open(os.path.join(args.out, "config.yaml")) as f:
+        runs = "evaluation" in yaml.safe_load(f)
     print(f"wrote {path}: the mean probability of {len(args.models)} models, input {model.input_shape[1]}x"
-          f"{model.input_shape[2]}, and {os.path.join(args.out, 'config.yaml')}; `tlunet evaluate`, `predict` and "
-          "`export` of it use the members' evaluation settings")
+          f"{model.input_shape[2]}, and {os.path.join(args.out, 'config.yaml')}; " +
+          ("`tlunet evaluate`, `predict` and `export` of it use the members' evaluation settings" if runs else
+           "the members are bare models (no run config.yaml beside them), so it has no split or evaluation settings"))
     return 0
 
 
@@ -182,6 +192,22 @@ def _cmd_predict(args):
     return 0
 
 
+def _beside(model_path):
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.yaml")
+
+
+def _run_config(model_path, hint):
+    """The parsed config.yaml beside a run's model.keras, or None if there is none."""
+    config = _beside(model_path)
+    if not os.path.isfile(config):
+        return None
+    try:
+        with open(config) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{config}: unreadable run config beside {model_path} ({type(e).__name__}); {hint}") from e
+
+
 def _run_settings(args, threshold_always=False):
     """({"tta", "largest_component", "threshold"}, where each came from): each from its flag, else
     from the `evaluation` section of the run folder's config.yaml when the model is a run's
@@ -193,15 +219,11 @@ def _run_settings(args, threshold_always=False):
     names = {"tta": "--tta", "largest_component": "--largest-component", "threshold": "--threshold"}
     settings = {k: v for k, v in flags.items() if v is not None or (k == "tta" and args.tta is not None)}
     source = {k: names[k] for k in settings}
-    config = os.path.join(os.path.dirname(os.path.abspath(args.model)), "config.yaml")
     missing = [k for k in flags if k not in settings]
+    config = _beside(args.model)
     if missing and os.path.isfile(config):
         hint = "pass " + ", ".join(names[k] for k in missing)
-        try:
-            with open(config) as f:
-                saved = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{config}: unreadable run config beside {args.model} ({type(e).__name__}); {hint}") from e
+        saved = _run_config(args.model, hint)
         evaluation = saved.get("evaluation") if isinstance(saved, dict) else None
         if evaluation is not None and not isinstance(evaluation, dict):
             raise ValueError(f"{config}: `evaluation` is not a mapping ({evaluation!r}); {hint}")
@@ -375,8 +397,9 @@ def build_parser():
                        "Dice and Hausdorff) of a model")
     p.add_argument("model", help="a .keras file")
     p.add_argument("--data", required=True)
-    p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
-    p.add_argument("--layout", default="generic")
+    p.add_argument("--kind", choices=["hc18", "pairs"], help="default: the run's data.kind when MODEL is a run's "
+                   "model.keras, else pairs")
+    p.add_argument("--layout", help="paired-folder layout. Default: the run's data.layout, else generic")
     p.add_argument("--csv", help="write per-case metrics here")
     p.add_argument("--image-size", type=_shape, help="H,W to evaluate at, for a model built with any input size")
     _add_run_setting_flags(p)
@@ -384,8 +407,9 @@ def build_parser():
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="one model averaging several trained models' probabilities (.keras)")
-    p.add_argument("models", nargs="+", help="two or more .keras files, e.g. runs' model.keras of one split")
-    p.add_argument("--out", required=True, help="folder for model.keras and config.yaml (a new one)")
+    p.add_argument("models", nargs="+", help="two or more .keras files: runs' model.keras files of one split "
+                   "(checked) or bare models")
+    p.add_argument("--out", required=True, help="folder for model.keras and config.yaml (new or empty)")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines")
     p.set_defaults(func=_cmd_ensemble)
 

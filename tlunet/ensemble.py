@@ -2,9 +2,10 @@
 
 An ensemble is an ordinary functional model (saved as `.keras`, loaded after `import tlunet`,
 exported by `tlunet export` like any run's model). Its input size is the largest of its members'
-(pixels, H x W); a member trained at another size gets the image resized to its own size inside
-the graph (bilinear, antialiased when shrinking, as `tlunet export` resizes a scan) and its
-probabilities resized back, so each member sees what it was trained on.
+(pixels, H x W); a member trained at a smaller size gets the image shrunk to its own size inside
+the graph (bilinear, antialiased, as `tlunet export` shrinks a scan) and its probabilities resized
+back. Through `tlunet export` such a member sees the scan resized twice (to the ensemble's size,
+then to its own), not once as through its own export.
 
 `write_ensemble` makes one from finished runs: `tlunet ensemble RUN_A/model.keras RUN_B/model.keras
 --out DIR` writes DIR/model.keras and DIR/config.yaml (the members' shared run config, their paths,
@@ -21,16 +22,21 @@ import yaml
 
 from tlunet.train import compile_model
 
-# run-config keys that must agree for the members to have been tested on one split
-_SAME_SPLIT = ("seed", ("data", "kind"), ("data", "root"), ("data", "split"), ("data", "limit"), ("sweep", "folds"))
+# run-config keys that must agree for the members to have been tested on one split (fold: each
+# fold's test images are the other folds' training images)
+_SAME_SPLIT = ("seed", "fold", ("data", "kind"), ("data", "root"), ("data", "layout"), ("data", "split"),
+               ("data", "limit"), ("sweep", "folds"))
+# what an ensemble's config.yaml keeps of its first member's: the split, the evaluation, what it is
+_KEPT = ("name", "task", "seed", "fold", "data", "evaluation", "n_val", "n_test")
 
 
 def ensemble_model(models, name="ensemble"):
     """A functional model whose output is the mean of `models`' outputs.
 
     Args:
-        models: two or more Keras models with static 2D inputs (H, W, C), the same C and the same
-            number of output channels. Each is used as a layer named `member{i}` (renamed).
+        models: two or more Keras segmentation models with static 2D inputs (H, W, C), the same
+            C, and (N, H, W, classes) outputs with the same classes. Each is used as a layer
+            named `member{i}`: the model objects passed in are renamed.
         name: the ensemble's name.
 
     Returns:
@@ -48,6 +54,11 @@ def ensemble_model(models, name="ensemble"):
                              "a fixed input size (H, W, C)")
     if len({s[-1] for s in shapes}) > 1:
         raise ValueError(f"the members take different channel counts: {[s[-1] for s in shapes]}")
+    for i, m in enumerate(models):
+        out = tuple(m.output_shape)
+        if len(out) != 4 or tuple(out[1:3]) != shapes[i][:2]:
+            raise ValueError(f"member {i} ({m.name!r}) maps input {shapes[i]} to output {out[1:]}; an ensemble averages "
+                             "segmentation maps at their input's size")
     outputs = [m.output_shape[-1] for m in models]
     if len(set(outputs)) > 1:
         raise ValueError(f"the members give different numbers of output channels: {outputs}")
@@ -82,52 +93,73 @@ def _sha1(path):
     return h.hexdigest()
 
 
+def _run_config(model_path):
+    """The run config.yaml beside `model_path` (a mapping), or None if there is none."""
+    path = os.path.join(os.path.dirname(model_path), "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: unreadable run config beside {model_path} ({type(e).__name__})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a run config is a mapping; this one is {type(cfg).__name__}")
+    return cfg
+
+
+def _check_one_split(model_paths, configs):
+    """Refuses members that were not tested on one split with one evaluation."""
+    have = [p for p, c in zip(model_paths, configs) if c is not None]
+    if have and len(have) < len(model_paths):
+        lacking = [p for p, c in zip(model_paths, configs) if c is None]
+        raise ValueError(f"{lacking[0]} has no run config.yaml beside it, {have[0]} has one: an ensemble's members are "
+                         "all runs (their split and evaluation are checked and kept) or all bare models")
+    if not have:
+        return
+    evaluations = [_evaluation(c) for c in configs]
+    where = [os.path.join(os.path.dirname(p), "config.yaml") for p in model_paths]
+    for i in range(1, len(configs)):
+        for key in (*_SAME_SPLIT, "evaluation"):
+            a, b = ((evaluations[0], evaluations[i]) if key == "evaluation" else (_get(configs[0], key), _get(configs[i], key)))
+            if a != b:
+                name = key if isinstance(key, str) else ".".join(key)
+                raise ValueError(f"the members' runs differ in {name}: {a!r} in {where[0]}, {b!r} in {where[i]}; an "
+                                 "ensemble's members must share one split and one evaluation, or its test numbers "
+                                 "mean nothing")
+
+
 def write_ensemble(model_paths, out_dir):
     """Builds the ensemble of the `.keras` files `model_paths` and writes `out_dir/model.keras` and
     `out_dir/config.yaml`.
 
-    Each member that is a run's `model.keras` has its run's `config.yaml` beside it. When every
-    member has one, they must share the split (seed, data kind, root, split, limit, folds) and the
-    `evaluation` settings; the ensemble's config.yaml is the first member's, with the ensemble's
-    input size, `model: {name: ensemble}` and `ensemble:` the members' paths and sha1. A member
-    without a run config gives a config.yaml with only `ensemble:`.
+    Members that are runs' `model.keras` files have their run's `config.yaml` beside them; they
+    must share the split (seed, fold, data kind, root, layout, split, limit, folds) and the
+    `evaluation` settings (a key an older config lacks counts as the runner's default), and the
+    ensemble's config.yaml keeps these from the first member's (with the ensemble's input size)
+    and lists the members (path, sha1, input size, and their runs' `run`, `run_seed`, `training`).
+    Members that are bare models (no config.yaml) give a config.yaml with only `ensemble:`, and
+    no settings. A mix of the two is refused. `out_dir` must be new or empty; model.keras is
+    written last, so a folder with it is complete.
 
     Returns:
-        the path of the written model.keras.
+        (the path of the written model.keras, the ensemble model).
     """
     model_paths = [os.path.abspath(p) for p in model_paths]
     for p in model_paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"model file not found: {p}")
-    if len(set(model_paths)) != len(model_paths):
-        raise ValueError(f"a model is named twice: {model_paths}; an ensemble of copies is the model itself")
-    if os.path.exists(os.path.join(out_dir, "model.keras")):
-        raise FileExistsError(f"{os.path.join(out_dir, 'model.keras')} already exists; choose a new --out folder")
-    configs = []
-    for p in model_paths:
-        path = os.path.join(os.path.dirname(p), "config.yaml")
-        if not os.path.isfile(path):
-            configs.append(None)
-            continue
-        try:
-            with open(path) as f:
-                cfg = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: unreadable run config beside {p} ({type(e).__name__})") from e
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{path}: a run config is a mapping; this one is {type(cfg).__name__}")
-        configs.append(cfg)
-    if all(c is not None for c in configs):
-        first = os.path.join(os.path.dirname(model_paths[0]), "config.yaml")
-        for p, c in zip(model_paths[1:], configs[1:]):
-            here = os.path.join(os.path.dirname(p), "config.yaml")
-            for key in (*_SAME_SPLIT, "evaluation"):
-                a, b = _get(configs[0], key), _get(c, key)
-                if a != b:
-                    name = key if isinstance(key, str) else ".".join(key)
-                    raise ValueError(f"the members' runs differ in {name}: {a!r} in {first}, {b!r} in {here}; an "
-                                     "ensemble's members must share one split and one evaluation, or its test "
-                                     "numbers mean nothing")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new --out folder")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out folder")
+    digests = [_sha1(p) for p in model_paths]
+    for i, d in enumerate(digests):
+        if d in digests[:i]:
+            raise ValueError(f"{model_paths[i]} is the same file as {model_paths[digests.index(d)]} (sha1 {d[:12]}); "
+                             "an ensemble of copies is the model itself")
+    configs = [_run_config(p) for p in model_paths]
+    _check_one_split(model_paths, configs)
     members = []
     for p in model_paths:
         try:
@@ -135,21 +167,39 @@ def write_ensemble(model_paths, out_dir):
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{p} is not a loadable .keras model ({type(e).__name__}: {e})") from e
     model = ensemble_model(members)
-    listed = [{"model": p, "sha1": _sha1(p), "input_size": list(m.input_shape[1:3])} for p, m in zip(model_paths, members)]
-    if all(c is not None for c in configs):
-        cfg = dict(configs[0])
+    listed = []
+    for p, d, m, c in zip(model_paths, digests, members, configs):
+        entry = {"model": p, "sha1": d, "input_size": list(m.input_shape[1:3])}
+        entry.update({k: c[k] for k in ("run", "run_seed", "training") if c is not None and k in c})
+        listed.append(entry)
+    if configs[0] is not None:
+        cfg = {k: configs[0][k] for k in _KEPT if k in configs[0]}
         cfg["data"] = dict(cfg.get("data") or {}, image_size=list(model.input_shape[1:3]))
+        cfg["sweep"] = {"folds": _get(configs[0], ("sweep", "folds"))}
+        cfg["evaluation"] = _evaluation(configs[0])
         cfg["model"] = {"name": "ensemble"}
-        for key in ("runs", "run", "run_seed", "fraction", "fold", "n_train", "weights_used"):
-            cfg.pop(key, None)
         cfg["ensemble"] = listed
     else:
         cfg = {"ensemble": listed}
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, "model.keras")
-    tmp = os.path.join(out_dir, ".model.keras.tmp.keras")
-    model.save(tmp)
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, target)  # last: a folder with model.keras is complete
-    return target
+    tmp = os.path.join(out_dir, ".model.tmp.keras")
+    config = os.path.join(out_dir, "config.yaml")
+    try:
+        model.save(tmp)
+        with open(config, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        os.replace(tmp, target)  # last: a folder with model.keras is complete
+    except BaseException:
+        for leftover in (tmp, config):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    return target, model
+
+
+def _evaluation(cfg):
+    """A run config's evaluation settings; a key an older config lacks is the runner's default."""
+    from tlunet.runners.image import DEFAULTS
+
+    return dict(DEFAULTS["evaluation"], **(cfg.get("evaluation") or {}))

@@ -39,6 +39,9 @@ def main():
 
     with open(os.path.join(args.run, "config.yaml")) as f:
         cfg = yaml.safe_load(f)
+    if cfg.get("data", {}).get("limit") or (cfg.get("sweep") or {}).get("folds"):
+        sys.exit(f"{args.run}/config.yaml: data.limit or sweep.folds is set; this tool rebuilds the one split of a run "
+                 "on every image (no limit, no folds)")
     records = find_hc18(args.hc18)
     groups = [r.subject for r in records]
     _, val, test = experiment_splits(len(records), cfg["data"]["split"], cfg["seed"], groups, None)[0]
