@@ -2,6 +2,7 @@
 `tlunet ensemble` console script, loaded after `import tlunet`, and exported with the members'
 evaluation settings."""
 
+import csv
 import os
 import subprocess
 import sysconfig
@@ -69,20 +70,60 @@ def test_bad_members_are_refused_with_the_reason():
 
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory):
-    """Two runs of one split (seeds 0 and 1) through the runner, on the bundled HC18 sample."""
+    """Two runs of one split (seeds 0 and 1) through the runner, on the bundled HC18 sample, and the
+    runner's ensemble of the two (`evaluation.ensemble`)."""
     tmp = tmp_path_factory.mktemp("seeds")
-    cfg = config_from_dict({
+    cfg = _seeds_config(tmp, ensemble=True)
+    run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
+    return [tmp / "results" / "tiny_hc18" / f"scratch-seed{s}" for s in (0, 1)]
+
+
+def _seeds_config(tmp, ensemble, seeds=(0, 1)):
+    return config_from_dict({
         "name": "tiny_hc18",
         "data": {"kind": "hc18", "root": "sample:hc18_small", "limit": 16, "image_size": [32, 64],
                  "split": [0.5, 0.25, 0.25]},
         "model": {"name": "unet", "filters": [4, 8, 16]},
         "training": {"epochs": 2, "batch_size": 4},
-        "sweep": {"seeds": [0, 1]},
-        "evaluation": {"tta": "flip", "largest_component": True},
+        "sweep": {"seeds": list(seeds)},
+        "evaluation": {"tta": "flip", "largest_component": True, "ensemble": ensemble},
         "runs": [{"name": "scratch"}],
     }, str(tmp / "tiny.yaml"))
-    run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
-    return [tmp / "results" / "tiny_hc18" / f"scratch-seed{s}" for s in (0, 1)]
+
+
+@pytest.mark.slow
+def test_the_runner_tests_the_seeds_ensemble_as_a_run(two_seeds):
+    exp = two_seeds[0].parent
+    run = exp / "scratch-ensemble"
+    assert {"model.keras", "config.yaml", "metrics.csv", "done.json"} <= set(os.listdir(run))
+    assert (run / "figures" / "worst_cases.png").is_file()  # HC18: the worst cases at full size
+    model = keras.models.load_model(run / "model.keras")
+    seeds = [keras.models.load_model(r / "model.keras") for r in two_seeds]
+    x = np.random.default_rng(3).random((2, 32, 64, 1)).astype("float32")
+    np.testing.assert_allclose(model(x).numpy(), (seeds[0](x).numpy() + seeds[1](x).numpy()) / 2, atol=1e-5)
+    with open(run / "config.yaml") as f:
+        cfg = yaml.safe_load(f)
+    assert [m["seed"] for m in cfg["ensemble"]] == [0, 1] and cfg["evaluation"]["tta"] == "flip"
+    with open(exp / "summary.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"scratch", "scratch (ensemble)"}
+    with open(run / "metrics.csv") as f:  # the row is the ensemble's own test cases, not the seeds' mean
+        cases = list(csv.DictReader(f))
+    assert float(rows["scratch (ensemble)"]["dice"]) == pytest.approx(np.mean([float(c["dice"]) for c in cases]))
+    assert int(rows["scratch (ensemble)"]["n_test"]) == len(cases)
+    # without the key, the finished seed runs are reused, not retrained (and the ensemble row goes)
+    logged = []
+    run_experiment(_seeds_config(exp.parent.parent, ensemble=False), out_dir=str(exp.parent), log=logged.append)
+    assert sum("done earlier, skipped" in line for line in logged) == 2
+    with open(exp / "summary.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["scratch"]
+
+
+def test_an_ensemble_needs_two_seeds(tmp_path):
+    with pytest.raises(tlunet.resources.ConfigError, match="evaluation.ensemble.*sweep.seeds"):
+        _seeds_config(tmp_path, ensemble=True, seeds=(0,))
+    with pytest.raises(tlunet.resources.ConfigError, match="evaluation.ensemble must be true or false"):
+        _seeds_config(tmp_path, ensemble="yes")
 
 
 @pytest.mark.slow
@@ -96,7 +137,8 @@ def test_the_console_script_makes_an_ensemble_of_runs_that_exports_with_their_se
     with open(two_seeds[0] / "config.yaml") as f:
         first = yaml.safe_load(f)
     assert cfg["data"]["split"] == first["data"]["split"] and cfg["seed"] == first["seed"]  # the members' test split
-    assert cfg["evaluation"] == first["evaluation"] and cfg["model"] == {"name": "ensemble"}
+    assert cfg["evaluation"] == {k: first["evaluation"][k] for k in ("tta", "threshold", "largest_component")}
+    assert cfg["model"] == {"name": "ensemble"}
     assert [m["model"] for m in cfg["ensemble"]] == [str(m) for m in members]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no optimizer-state mismatch on load, no custom_objects needed

@@ -20,6 +20,7 @@ import os
 import keras
 import yaml
 
+from tlunet.inference import EVALUATION_DEFAULTS
 from tlunet.train import compile_model
 
 # run-config keys that must agree for the members to have been tested on one split (fold: each
@@ -85,7 +86,8 @@ def _get(cfg, key):
     return section.get(key[1]) if isinstance(section, dict) else None
 
 
-def _sha1(path):
+def file_sha1(path):
+    """SHA-1 (hex) of a file's bytes."""
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -153,7 +155,7 @@ def write_ensemble(model_paths, out_dir):
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new --out folder")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not a folder; choose a new --out folder")
-    digests = [_sha1(p) for p in model_paths]
+    digests = [file_sha1(p) for p in model_paths]
     for i, d in enumerate(digests):
         if d in digests[:i]:
             raise ValueError(f"{model_paths[i]} is the same file as {model_paths[digests.index(d)]} (sha1 {d[:12]}); "
@@ -199,7 +201,7 @@ def write_ensemble(model_paths, out_dir):
 
 
 def _evaluation(cfg):
-    """A run config's evaluation settings; a key an older config lacks is the runner's default."""
-    from tlunet.runners.image import DEFAULTS
-
-    return dict(DEFAULTS["evaluation"], **(cfg.get("evaluation") or {}))
+    """How a run config says its test images are scored (`evaluation`'s tta, threshold and
+    largest_component; a key an older config lacks is the default)."""
+    saved = cfg.get("evaluation") or {}
+    return {k: saved.get(k, v) for k, v in EVALUATION_DEFAULTS.items()}

@@ -15,6 +15,9 @@ from tlunet.progress import progress as _progress
 
 BLEND_MODES = ("gaussian", "constant")
 IMAGE_TTA = (None, "flip")
+# how a 2D run's test images are scored (a run config's `evaluation`; an old config without a key
+# meant this default)
+EVALUATION_DEFAULTS = {"tta": None, "threshold": 0.5, "largest_component": False}
 
 
 def predict_images(model, x, batch_size=8, tta=None):

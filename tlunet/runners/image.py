@@ -10,6 +10,7 @@ import numbers
 import os
 import time
 
+import keras
 import numpy as np
 
 import tlunet
@@ -21,15 +22,16 @@ from tlunet.data.download import download_hc18
 from tlunet.data.hc18 import read_filled_annotation
 from tlunet.data.io import read_image
 from tlunet.data.phantoms import lung_ultrasound
-from tlunet.inference import IMAGE_TTA, predict_images
+from tlunet.ensemble import ensemble_model, file_sha1
+from tlunet.inference import EVALUATION_DEFAULTS, IMAGE_TTA, predict_images
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
 from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
-from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
-                                    read_done, start_run, summary_row, write_config, write_csv, write_tables)
+from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
+                                    open_experiment, read_done, start_run, summary_row, write_config, write_csv, write_tables)
 from tlunet.train import compile_model, fit, run_stages, save_model, weights_digest
 from tlunet.transfer import transfer_weights
 
@@ -44,7 +46,7 @@ DEFAULTS = {
                  "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None,
                  "gradient_accumulation": 1},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
-    "evaluation": {"tta": None, "threshold": 0.5, "largest_component": False},
+    "evaluation": {**EVALUATION_DEFAULTS, "ensemble": False},
     "runs": [],
 }
 TOP_KEYS = {"data", "model", "training", "sweep", "pretrain", "evaluation"}
@@ -73,6 +75,11 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
         raise ConfigError(f"{path}: evaluation.threshold must be a number in (0, 1). Received: {threshold!r}")
     check_seeds(path, cfg["sweep"]["seeds"])
+    if not isinstance(cfg["evaluation"]["ensemble"], bool):
+        raise ConfigError(f"{path}: evaluation.ensemble must be true or false. Received: {cfg['evaluation']['ensemble']!r}")
+    if cfg["evaluation"]["ensemble"] and len(cfg["sweep"]["seeds"] or []) < 2:
+        raise ConfigError(f"{path}: evaluation.ensemble averages the models of the sweep's seeds; give two or more "
+                          f"in sweep.seeds (e.g. [0, 1, 2]). Received: sweep.seeds {cfg['sweep']['seeds']!r}")
     check_numbers(path, cfg["training"], "training", positive_ints=("epochs", "batch_size", "gradient_accumulation"),
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
@@ -250,12 +257,15 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     summary, count = [], 0
     for spec, weights, weights_note in ready:
         for fraction in cfg["sweep"]["fractions"]:
-            repeat_rows = []
+            repeat_rows, ensemble_rows = [], []
             for k, (train, val, test) in enumerate(splits):
+                base = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
+                    (f"-fold{k}" if len(splits) > 1 else "")
+                members = []
                 for s in seeds:  # seeds vary the initialisation, the shuffling and the fraction drawn; not the split
                     count += 1
-                    name = spec["name"] + (f"-frac{fraction:g}" if len(cfg["sweep"]["fractions"]) > 1 else "") + \
-                        (f"-fold{k}" if len(splits) > 1 else "") + (f"-seed{s}" if s is not None else "")
+                    name = base + (f"-seed{s}" if s is not None else "")
+                    members.append((os.path.join(exp_dir, name), s))
                     row = read_done(os.path.join(exp_dir, name), cfg, spec)
                     if row is not None:
                         log(f"[{cfg['name']}] {name}: done earlier, skipped")
@@ -270,7 +280,13 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                             f"{time.time() - start:.0f}s" + (f", weights sha1 {row['weights_sha1']}"
                                                            if "weights_sha1" in row else ""))
                     repeat_rows.append(row)
+                if cfg["evaluation"]["ensemble"]:
+                    ensemble_rows.append(_ensemble_run(cfg, spec, base + "-ensemble", exp_dir, members,
+                                                       repeat_rows[-len(members):], (images, masks, meta), test,
+                                                       fraction=fraction, fold=k, log=log))
             summary.append(aggregate_folds(repeat_rows, MEASURES))
+            if ensemble_rows:
+                summary.append(aggregate_folds(ensemble_rows, MEASURES))
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
@@ -301,13 +317,54 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     save_model(model, os.path.join(run_dir, "model.keras"))
+    learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
+    cases = _test_and_plot(cfg, model, run_dir, name, arrays, test)
+    row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test),
+                      **({"seed": repeat_seed} if repeat_seed is not None else {}),
+                      **({"weights_sha1": weights_digest(model)} if t["distribute"] else {}))
+    finish_run(run_dir, row, name)
+    return row
+
+
+def _ensemble_run(cfg, spec, name, exp_dir, members, member_rows, arrays, test, fraction, fold, log=print):
+    """The run `name`: the mean probability of the seeds' models `members` ((run folder, seed)), tested
+    on their split's `test` like a trained run (metrics.csv, figures, done.json), its model.keras
+    exportable as any run's; its row."""
+    run_dir = os.path.join(exp_dir, name)
+    row = read_done(run_dir, cfg, spec)
+    if row is not None:
+        log(f"[{cfg['name']}] {name}: done earlier, skipped")
+        return row
+    start_run(run_dir, cfg["seed"])
+    paths = [os.path.join(d, "model.keras") for d, _ in members]
+    model = ensemble_model([keras.models.load_model(p, compile=False) for p in paths], name=f"{spec['name']}_ensemble")
+    seeds = ", ".join(str(s) for _, s in members)
+    note = f"mean of the models of seeds {seeds} ({member_rows[0]['weights']})"
+    write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_test=len(test), weights_used=note,
+                 ensemble=[{"run": os.path.basename(d), "seed": s, "sha1": file_sha1(p)} for (d, s), p in zip(members, paths)])
+    save_model(model, os.path.join(run_dir, "model.keras"))
+    cases = _test_and_plot(cfg, model, run_dir, name, arrays, test)
+    row = {"run": f"{spec['name']} (ensemble)", "fraction": fraction, "fold": fold, "n_test": len(test),
+           "stages": "ensemble", "trainable_params": member_rows[0]["trainable_params"], "weights": note,
+           "epochs": float(np.mean([r["epochs"] for r in member_rows])), "members": len(members)}
+    for key in MEASURES:
+        row[key], row[key + "_sd"] = mean_sd(cases, key)
+    finish_run(run_dir, row, name)
+    log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f} (the mean probability of seeds {seeds})")
+    return row
+
+
+def _test_and_plot(cfg, model, run_dir, name, arrays, test):
+    """Tests `model` on the `test` cases with the config's evaluation; writes metrics.csv and the
+    figures (overlays; on HC18 the worst cases at full size and the Bland-Altman plot of HC). The
+    per-case rows."""
+    images, masks, meta = arrays
     e = cfg["evaluation"]
     full = []
     cases, labels = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], threshold=e["threshold"],
                                    tta=e["tta"], full_size=full, largest_component=e["largest_component"])
     write_csv(os.path.join(run_dir, "metrics.csv"), cases)
     figures = os.path.join(run_dir, "figures")
-    learning_curves(history, os.path.join(figures, "learning_curves.png"), name)
     overlays(images[test][:8], masks[test][:8], labels[:8], os.path.join(figures, "overlays.png"),
              [c["case"] for c in cases[:8]])
     if full:  # HC18 at the scan's own size: the worst cases and the agreement of HC
@@ -318,11 +375,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                  [f"{cases[i]['case']} (ADF {cases[i]['adf_mm']:.1f} mm)" for i in worst])
         bland_altman([c["hc_pred_mm"] for c in cases], [c["hc_true_mm"] for c in cases],
                      os.path.join(figures, "bland_altman_hc.png"), f"{name}: HC on {len(cases)} test images")
-    row = summary_row(spec, done, weights_note, cases, MEASURES, fraction=fraction, fold=fold, n_test=len(test),
-                      **({"seed": repeat_seed} if repeat_seed is not None else {}),
-                      **({"weights_sha1": weights_digest(model)} if t["distribute"] else {}))
-    finish_run(run_dir, row, name)
-    return row
+    return cases
 
 
 def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):

@@ -109,9 +109,10 @@ def _unlock(folder):
 # Settings that change nothing a finished run computed: its own entry of `runs` is compared as `run`
 # (others may be added or removed), the sweep's fractions and seeds only name which runs exist (each
 # run's name carries its own), TensorBoard and the distribution strategy change how, not what, it
-# trains. The number of folds is compared: "-fold0" of 3 folds tests on other cases than of 5.
+# trains; evaluation.ensemble only adds the seeds' ensemble as a run of its own. The number of folds
+# is compared: "-fold0" of 3 folds tests on other cases than of 5.
 IGNORED_SETTINGS = ("profile", "paper", "description", "runs", "sweep.fractions", "sweep.seeds",
-                    "training.tensorboard", "training.distribute")
+                    "training.tensorboard", "training.distribute", "evaluation.ensemble")
 
 
 def _flat(value, prefix=""):
