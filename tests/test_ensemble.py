@@ -111,12 +111,47 @@ def test_the_runner_tests_the_seeds_ensemble_as_a_run(two_seeds):
         cases = list(csv.DictReader(f))
     assert float(rows["scratch (ensemble)"]["dice"]) == pytest.approx(np.mean([float(c["dice"]) for c in cases]))
     assert int(rows["scratch (ensemble)"]["n_test"]) == len(cases)
+    assert rows["scratch (ensemble)"]["dice_sd"] == "nan" and float(rows["scratch"]["dice_sd"]) >= 0  # one model: no ±
+    assert "(ensemble)" in (exp / "summary.md").read_text().split("| scratch |")[1]  # its own row, after the seeds'
     # without the key, the finished seed runs are reused, not retrained (and the ensemble row goes)
     logged = []
     run_experiment(_seeds_config(exp.parent.parent, ensemble=False), out_dir=str(exp.parent), log=logged.append)
     assert sum("done earlier, skipped" in line for line in logged) == 2
     with open(exp / "summary.csv") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["scratch"]
+
+
+@pytest.mark.slow
+def test_the_runner_remakes_an_ensemble_whose_members_changed_and_names_a_missing_one(tmp_path):
+    """Folds: each fold's ensemble averages that fold's seeds. Seeds [0, 1] then [0, 2]: the
+    ensemble is made again from the new members, not reused; a member whose model.keras is gone is
+    named."""
+    def config(seeds):
+        cfg = _seeds_config(tmp_path, ensemble=True, seeds=seeds)
+        cfg["sweep"]["folds"] = 2
+        cfg["training"]["epochs"] = 1
+        return cfg
+
+    out = tmp_path / "results"
+    run_experiment(config((0, 1)), out_dir=str(out), log=lambda *a: None)
+    exp = out / "tiny_hc18"
+
+    def members(fold):
+        with open(exp / f"scratch-fold{fold}-ensemble" / "config.yaml") as f:
+            return yaml.safe_load(f)["ensemble"]
+    assert [m["run"] for m in members(1)] == ["scratch-fold1-seed0", "scratch-fold1-seed1"]
+    with open(exp / "summary.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    ensemble, seeds = rows["scratch (ensemble)"], rows["scratch"]
+    assert int(ensemble["folds"]) == 2 and int(ensemble["n_test"]) == int(seeds["n_test"])
+    assert int(ensemble["trainable_params"]) == 2 * int(seeds["trainable_params"])  # two members' weights
+    logged = []
+    run_experiment(config((0, 2)), out_dir=str(out), log=logged.append)
+    assert [m["run"] for m in members(0)] == ["scratch-fold0-seed0", "scratch-fold0-seed2"]
+    assert sum("members changed since it was made" in line for line in logged) == 2
+    os.remove(exp / "scratch-fold0-seed2" / "model.keras")
+    with pytest.raises(tlunet.resources.ConfigError, match=r"scratch-fold0-seed2/model\.keras is missing"):
+        run_experiment(config((0, 2)), out_dir=str(out), log=lambda *a: None)
 
 
 def test_an_ensemble_needs_two_seeds(tmp_path):

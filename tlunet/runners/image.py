@@ -12,6 +12,7 @@ import time
 
 import keras
 import numpy as np
+import yaml
 
 import tlunet
 from tlunet import evaluation as ev
@@ -285,8 +286,11 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                                                        repeat_rows[-len(members):], (images, masks, meta), test,
                                                        fraction=fraction, fold=k, log=log))
             summary.append(aggregate_folds(repeat_rows, MEASURES))
-            if ensemble_rows:
-                summary.append(aggregate_folds(ensemble_rows, MEASURES))
+            if ensemble_rows:  # one model per fold: its ± is over folds, and with one fold there is none
+                ensemble_row = aggregate_folds(ensemble_rows, MEASURES)
+                if len(ensemble_rows) == 1:
+                    ensemble_row.update({k + "_sd": float("nan") for k in MEASURES})
+                summary.append(ensemble_row)
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
@@ -331,27 +335,45 @@ def _ensemble_run(cfg, spec, name, exp_dir, members, member_rows, arrays, test, 
     on their split's `test` like a trained run (metrics.csv, figures, done.json), its model.keras
     exportable as any run's; its row."""
     run_dir = os.path.join(exp_dir, name)
+    paths = [os.path.join(d, "model.keras") for d, _ in members]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ConfigError(f"{p} is missing, so {name} cannot average it; delete {os.path.dirname(p)} to retrain "
+                              "that seed")
+    listed = [{"run": os.path.basename(d), "seed": s, "sha1": file_sha1(p)} for (d, s), p in zip(members, paths)]
     row = read_done(run_dir, cfg, spec)
-    if row is not None:
+    if row is not None and _recorded_members(run_dir) == listed:
         log(f"[{cfg['name']}] {name}: done earlier, skipped")
         return row
+    if row is not None:  # other seeds, or a seed retrained since: the old ensemble is not these models' mean
+        os.remove(os.path.join(run_dir, "done.json"))
+        log(f"[{cfg['name']}] {name}: its members changed since it was made; made again")
     start_run(run_dir, cfg["seed"])
-    paths = [os.path.join(d, "model.keras") for d, _ in members]
     model = ensemble_model([keras.models.load_model(p, compile=False) for p in paths], name=f"{spec['name']}_ensemble")
     seeds = ", ".join(str(s) for _, s in members)
     note = f"mean of the models of seeds {seeds} ({member_rows[0]['weights']})"
     write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, n_test=len(test), weights_used=note,
-                 ensemble=[{"run": os.path.basename(d), "seed": s, "sha1": file_sha1(p)} for (d, s), p in zip(members, paths)])
+                 ensemble=listed)
     save_model(model, os.path.join(run_dir, "model.keras"))
     cases = _test_and_plot(cfg, model, run_dir, name, arrays, test)
+    # parameters and epochs: the members' sums (what the ensemble holds and cost to train)
     row = {"run": f"{spec['name']} (ensemble)", "fraction": fraction, "fold": fold, "n_test": len(test),
-           "stages": "ensemble", "trainable_params": member_rows[0]["trainable_params"], "weights": note,
-           "epochs": float(np.mean([r["epochs"] for r in member_rows])), "members": len(members)}
+           "stages": "ensemble", "trainable_params": int(sum(r["trainable_params"] for r in member_rows)),
+           "weights": note, "epochs": float(sum(r["epochs"] for r in member_rows)), "members": len(members)}
     for key in MEASURES:
         row[key], row[key + "_sd"] = mean_sd(cases, key)
     finish_run(run_dir, row, name)
     log(f"[{cfg['name']}] {name}: Dice {row['dice']:.3f} (the mean probability of seeds {seeds})")
     return row
+
+
+def _recorded_members(run_dir):
+    """The `ensemble` list an ensemble run's config.yaml records (None if unreadable)."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            return (yaml.safe_load(f) or {}).get("ensemble")
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def _test_and_plot(cfg, model, run_dir, name, arrays, test):
@@ -411,6 +433,9 @@ def _write_summary(cfg, exp_dir, rows, source, log=print, skipped=()):
                 return fmt(r[key], scale, digits) + (f" ± {fmt(sd, scale, digits)}" if np.isfinite(sd) else "")
             lines.append(f"| {r['run']} | {r['fraction']:g} | {ms('df_mm', 1, 2)} | {ms('adf_mm', 1, 2)} | "
                          f"{ms('dice_full')} | {ms('hausdorff_mm', 1, 2)} | {r['n_test']} |")
+    if any(r.get("stages") == "ensemble" for r in rows):
+        lines += ["", "A \"(ensemble)\" row is the mean probability of the seeds' models, tested as one model: its "
+                  "± is over folds (none with one fold); its trainable params and epochs are the members' sums."]
     if skipped:
         lines += ["", f"Not run: {skip_message(cfg, skipped)}"]
     if paper.get("note"):
