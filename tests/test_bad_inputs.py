@@ -13,6 +13,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import yaml
 
 import tlunet
 from tlunet.cli import main
@@ -146,6 +147,18 @@ def test_rerunning_a_finished_run_with_other_settings_is_refused(tmp_path):
     rows = run_experiment(config_from_dict(more, str(tmp_path / "other" / "c.yaml")), out_dir=out, log=logged.append)
     assert [r["run"] for r in rows] == ["all", "frozen"]  # a run added, TensorBoard on: the finished one is kept
     assert any("all: done earlier, skipped" in line for line in logged)
+    # a run made before a setting existed: the missing key reads as its default, so the run is kept,
+    # and a config that sets it otherwise is refused, naming the default the run had
+    saved = tmp_path / "out" / "tiny" / "all" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["training"]["gradient_accumulation"], old["evaluation"]["largest_component"]
+    saved.write_text(yaml.safe_dump(old))
+    logged = []
+    run_experiment(config_from_dict(_cfg(), str(tmp_path / "c.yaml")), out_dir=out, log=logged.append)
+    assert any("all: done earlier, skipped" in line for line in logged)
+    with pytest.raises(ConfigError, match=r"\(evaluation.largest_component: False -> True\)"):
+        run_experiment(config_from_dict(_cfg(evaluation={"largest_component": True}), str(tmp_path / "c.yaml")),
+                       out_dir=out, log=lambda *a: None)
 
 
 def test_a_run_killed_before_any_epoch_was_saved_may_change_settings(tmp_path):

@@ -220,7 +220,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
         for j, s in enumerate(seeds):  # seeds vary the classifier's initialisation and shuffling; not the data,
             name = spec["name"] + (f"-seed{s}" if s is not None else "")  # the split or the segmentation sources
             run_dir = os.path.join(exp_dir, name)
-            row = read_done(run_dir, cfg, spec)
+            row = read_done(run_dir, cfg, spec, DEFAULTS)
             if row is not None:
                 log(f"[{cfg['name']}] {name}: done earlier, skipped")
             else:

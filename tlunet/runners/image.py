@@ -267,7 +267,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
                     count += 1
                     name = base + (f"-seed{s}" if s is not None else "")
                     members.append((os.path.join(exp_dir, name), s))
-                    row = read_done(os.path.join(exp_dir, name), cfg, spec)
+                    row = read_done(os.path.join(exp_dir, name), cfg, spec, DEFAULTS)
                     if row is not None:
                         log(f"[{cfg['name']}] {name}: done earlier, skipped")
                     else:
@@ -341,7 +341,7 @@ def _ensemble_run(cfg, spec, name, exp_dir, members, member_rows, arrays, test, 
             raise ConfigError(f"{p} is missing, so {name} cannot average it; delete {os.path.dirname(p)} to retrain "
                               "that seed")
     listed = [{"run": os.path.basename(d), "seed": s, "sha1": file_sha1(p)} for (d, s), p in zip(members, paths)]
-    row = read_done(run_dir, cfg, spec)
+    row = read_done(run_dir, cfg, spec, DEFAULTS)
     if row is not None and _recorded_members(run_dir) == listed:
         log(f"[{cfg['name']}] {name}: done earlier, skipped")
         return row

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from tlunet.resources import ConfigError
-from tlunet.runners.config import check_sources, plan_runs, skip_message
+from tlunet.runners.config import check_sources, merge, plan_runs, skip_message
 from tlunet.train import atomic_write, configure, save_model
 
 
@@ -124,9 +124,11 @@ def _flat(value, prefix=""):
     return {prefix[:-1]: value}
 
 
-def changed_settings(run_dir, cfg, run):
+def changed_settings(run_dir, cfg, run, defaults=None):
     """The settings (dotted keys, old -> new) in which `cfg` and `run` differ from what the run in
-    `run_dir` was made with (its config.yaml); empty if they agree or the folder has no config."""
+    `run_dir` was made with (its config.yaml); empty if they agree or the folder has no config.
+    A setting that the run's config.yaml lacks reads as its value in `defaults` (the runner's
+    DEFAULTS): a key added to tlunet after the run was made, whose default is what runs did before."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return []
@@ -139,23 +141,27 @@ def changed_settings(run_dir, cfg, run):
         raise ConfigError(f"{path}: not a run config; delete {run_dir} to rerun that run")
     current = json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}))
     keys = [k for k in current if k not in IGNORED_SETTINGS]
-    old, new = _flat({k: saved.get(k) for k in keys}), _flat({k: current[k] for k in keys})
+    defaults = defaults or {}
+    then = {k: merge(defaults[k], saved[k]) if isinstance(defaults.get(k), dict) and isinstance(saved.get(k), dict)
+            else saved.get(k, defaults.get(k)) for k in keys}
+    old, new = _flat(then), _flat({k: current[k] for k in keys})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in IGNORED_SETTINGS]
 
 
-def read_done(run_dir, cfg=None, run=None):
+def read_done(run_dir, cfg=None, run=None, defaults=None):
     """The summary row a finished run left in `run_dir/done.json`, or None if it has not finished.
 
     With `cfg` and `run`, a run folder made with other settings is refused (ConfigError listing what
     changed): a finished one is not reused as if it were this config's result, an unfinished one is
-    not resumed under new settings.
+    not resumed under new settings. `defaults`: the runner's DEFAULTS, for settings an older
+    config.yaml lacks (`changed_settings`).
     """
     done = os.path.join(run_dir, "done.json")
     started = os.path.isfile(done) or any(  # an epoch or a stage was saved: the run would resume from it
         name in ("state.json", "done.json") for _, _, files in os.walk(run_dir) for name in files)
     if cfg is not None and started:
-        changes = changed_settings(run_dir, cfg, run)
+        changes = changed_settings(run_dir, cfg, run, defaults)
         if changes:
             shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
             what = "a finished run" if os.path.isfile(done) else "an unfinished run (it would resume)"

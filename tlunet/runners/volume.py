@@ -203,7 +203,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
             for s in seeds:  # seeds vary the initialisation and the patches drawn; not the split or the source
                 name = spec["name"] + (f"-fold{k}" if len(splits) > 1 else "") + (f"-seed{s}" if s is not None else "")
                 run_dir = os.path.join(exp_dir, name)
-                row = read_done(run_dir, cfg, spec)
+                row = read_done(run_dir, cfg, spec, DEFAULTS)
                 if row is not None:
                     log(f"[{cfg['name']}] {name}: done earlier, skipped")
                 else:
