@@ -12,6 +12,7 @@ import tlunet
 from tlunet._quiet import quiet_tensorflow
 from tlunet.export import export_savedmodel
 from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
+from tlunet.inference import EVALUATION_DEFAULTS
 from tlunet.predict import predict_folder, read_pixel_sizes
 from tlunet.resources import list_experiments
 from tlunet.runners import config_from_dict, load_config, parse_overrides, run_experiment
@@ -165,8 +166,7 @@ def _cmd_ensemble(args):
     from tlunet.ensemble import write_ensemble
 
     path, model = write_ensemble(args.models, args.out)
-    with open(os.path.join(args.out, "config.yaml")) as f:
-        runs = "evaluation" in yaml.safe_load(f)
+    runs = os.path.isfile(_beside(args.models[0]))  # runs all have a config.yaml, bare models none (checked)
     print(f"wrote {path}: the mean probability of {len(args.models)} models, input {model.input_shape[1]}x"
           f"{model.input_shape[2]}, and {os.path.join(args.out, 'config.yaml')}; " +
           ("`tlunet evaluate`, `predict` and `export` of it use the members' evaluation settings" if runs else
@@ -230,7 +230,7 @@ def _run_settings(args, threshold_always=False):
         for k in missing:
             if k in (evaluation or {}):
                 settings[k], source[k] = evaluation[k], config
-    settings = {"tta": None, "largest_component": False, "threshold": 0.5} | settings
+    settings = EVALUATION_DEFAULTS | settings
     if settings["tta"] not in (None, "flip"):
         raise ValueError(f"{source['tta']}: evaluation.tta is {settings['tta']!r}; pass --tta none or flip")
     if not isinstance(settings["largest_component"], bool):

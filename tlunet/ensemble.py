@@ -21,7 +21,8 @@ import keras
 import yaml
 
 from tlunet.inference import EVALUATION_DEFAULTS
-from tlunet.train import compile_model
+from tlunet.resources import read_config
+from tlunet.train import atomic_write, compile_model, save_model
 
 # run-config keys that must agree for the members to have been tested on one split (fold: each
 # fold's test images are the other folds' training images)
@@ -98,16 +99,7 @@ def file_sha1(path):
 def _run_config(model_path):
     """The run config.yaml beside `model_path` (a mapping), or None if there is none."""
     path = os.path.join(os.path.dirname(model_path), "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            cfg = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: unreadable run config beside {model_path} ({type(e).__name__})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: a run config is a mapping; this one is {type(cfg).__name__}")
-    return cfg
+    return read_config(path) if os.path.isfile(path) else None
 
 
 def _check_one_split(model_paths, configs):
@@ -184,18 +176,16 @@ def write_ensemble(model_paths, out_dir):
     else:
         cfg = {"ensemble": listed}
     os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, "model.keras")
-    tmp = os.path.join(out_dir, ".model.tmp.keras")
-    config = os.path.join(out_dir, "config.yaml")
-    try:
-        model.save(tmp)
-        with open(config, "w") as f:
+    target, config = os.path.join(out_dir, "model.keras"), os.path.join(out_dir, "config.yaml")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
-        os.replace(tmp, target)  # last: a folder with model.keras is complete
+    atomic_write(config, write)
+    try:
+        save_model(model, target)  # last: a folder with model.keras is complete
     except BaseException:
-        for leftover in (tmp, config):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+        os.remove(config)
         raise
     return target, model
 
