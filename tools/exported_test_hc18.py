@@ -46,6 +46,9 @@ def main():
     groups = [r.subject for r in records]
     _, val, test = experiment_splits(len(records), cfg["data"]["split"], cfg["seed"], groups, None)[0]
     chosen = val if args.split == "val" else test
+    if not chosen:
+        sys.exit(f"{args.run}/config.yaml: data.split {cfg['data']['split']} leaves no {args.split} fetuses "
+                 "(a run refit on training + validation has no validation set)")
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.path.join(tmp, "saved_model")
         tlunet_cli = os.path.join(os.path.dirname(sys.executable), "tlunet")
