@@ -183,6 +183,16 @@ def test_a_source_model_made_with_other_settings_is_refused(tmp_path):
     run_experiment(config_from_dict(raw, str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
     import shutil
     shutil.rmtree(tmp_path / "out" / "tiny" / "ft")  # as the run-folder message says
+    # a source made before a setting existed: the key it lacks reads as its default, and it is reused
+    meta = tmp_path / "out" / "tiny" / "pretrain" / "source.json"
+    info = json.loads(meta.read_text())
+    del info["settings"]["training"]["gradient_accumulation"]
+    meta.write_text(json.dumps(info))
+    made = (tmp_path / "out" / "tiny" / "pretrain" / "source.keras").stat().st_mtime_ns
+    run_experiment(config_from_dict(raw, str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
+    assert (tmp_path / "out" / "tiny" / "pretrain" / "source.keras").stat().st_mtime_ns == made
+    assert "gradient_accumulation" not in json.loads(meta.read_text())["settings"]["training"]
+    shutil.rmtree(tmp_path / "out" / "tiny" / "ft")
     raw["pretrain"]["training"]["epochs"] = 2
     with pytest.raises(ConfigError, match=r"pretrain holds a source model made with other settings "
                                           r"\(training.epochs: 1 -> 2\)"):

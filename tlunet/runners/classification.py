@@ -190,7 +190,8 @@ def train_segmentation(cfg, kind, exp_dir, verbose=0, log=print):
                     for c in (1, 2, 3)}
         return model, {"source": desc, "val_dice": val_dice}
 
-    model, info = cached_source(run_dir, train, settings={"seed": cfg["seed"], "kind": kind, **s})
+    model, info = cached_source(run_dir, train, settings={"seed": cfg["seed"], "kind": kind, **s},
+                                defaults=DEFAULTS["segmentation"])
     log(f"[{cfg['name']}] {kind}-label segmentation on {info['source']}: val Dice "
         + ", ".join(f"{k} {v:.3f}" for k, v in info["val_dice"].items()))
     return model, info["val_dice"]

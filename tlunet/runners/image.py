@@ -235,7 +235,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                        "name": p["data"].get("layout") or p["data"]["kind"]}
 
     model, info = cached_source(os.path.join(exp_dir, "pretrain"), train,
-                                settings={"seed": cfg["seed"], **p})
+                                settings={"seed": cfg["seed"], **p}, defaults={k: DEFAULTS[k] for k in ("seed", "data", "model", "training")})
     log(f"[{cfg['name']}] source model: {p['model']['name']} pre-trained on {info['source']} ({info['images']} images, "
         f"{info['epochs']} epochs, final val Dice {info['val_dice']:.3f})")
     return model, info

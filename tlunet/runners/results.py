@@ -124,6 +124,15 @@ def _flat(value, prefix=""):
     return {prefix[:-1]: value}
 
 
+def _with_defaults(saved, defaults, keys):
+    """`saved` (settings a run or source was made with) at `keys`, a key it lacks read as its value in
+    `defaults`, recursively: a setting added to tlunet after it was made, whose default is what
+    tlunet did before."""
+    defaults = defaults or {}
+    return {k: merge(defaults[k], saved[k]) if isinstance(defaults.get(k), dict) and isinstance(saved.get(k), dict)
+            else saved.get(k, defaults.get(k)) for k in keys}
+
+
 def changed_settings(run_dir, cfg, run, defaults=None):
     """The settings (dotted keys, old -> new) in which `cfg` and `run` differ from what the run in
     `run_dir` was made with (its config.yaml); empty if they agree or the folder has no config.
@@ -141,10 +150,7 @@ def changed_settings(run_dir, cfg, run, defaults=None):
         raise ConfigError(f"{path}: not a run config; delete {run_dir} to rerun that run")
     current = json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}))
     keys = [k for k in current if k not in IGNORED_SETTINGS]
-    defaults = defaults or {}
-    then = {k: merge(defaults[k], saved[k]) if isinstance(defaults.get(k), dict) and isinstance(saved.get(k), dict)
-            else saved.get(k, defaults.get(k)) for k in keys}
-    old, new = _flat(then), _flat({k: current[k] for k in keys})
+    old, new = _flat(_with_defaults(saved, defaults, keys)), _flat({k: current[k] for k in keys})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in IGNORED_SETTINGS]
 
@@ -296,7 +302,7 @@ def write_tables(exp_dir, lines, rows, log=print):
     log("\n".join(lines))
 
 
-def cached_source(run_dir, train, settings=None):
+def cached_source(run_dir, train, settings=None, defaults=None):
     """A source model trained once per experiment folder and reused by every run (X-Unet's saliency
     pre-training, Wang 2020's lesion source, Gare's line segmentation).
 
@@ -306,6 +312,8 @@ def cached_source(run_dir, train, settings=None):
         settings: what the source is made from (its data, model and training blocks); a finished
             source made with other settings is refused (ConfigError listing what changed), never
             reused as if it were this config's.
+        defaults: the runner's defaults for `settings`' keys: a setting that the saved source lacks
+            (added to tlunet after it was made) reads as its default, so an upgrade does not refuse it.
 
     Returns:
         (model, info).
@@ -316,6 +324,8 @@ def cached_source(run_dir, train, settings=None):
         with open(meta) as f:
             info = json.load(f)
         saved = info.get("settings")
+        if isinstance(saved, dict) and settings is not None:
+            saved = _with_defaults(saved, defaults, settings)
         if settings is not None and saved is not None and saved != settings:
             old, new = _flat(saved), _flat(settings)
             changes = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))

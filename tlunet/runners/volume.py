@@ -179,7 +179,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
 
     model, info = cached_source(os.path.join(exp_dir, "pretrain"), train,
-                                settings={"seed": cfg["seed"], **p})
+                                settings={"seed": cfg["seed"], **p}, defaults={k: DEFAULTS[k] for k in ("seed", "data", "model", "training")})
     log(f"[{cfg['name']}] source model: {model.name} pre-trained on {info['source']}: {info['epochs']} epochs, "
         f"final val Dice {info['val_dice']:.3f}")
     return model, p
