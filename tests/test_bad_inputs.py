@@ -84,6 +84,9 @@ BAD_CONFIGS = [
     ("tensorboard not a flag", {"training__tensorboard": "yes"}, r"training.tensorboard must be true or false"),
     ("gradient accumulation 0", {"training__gradient_accumulation": 0},
      r"training.gradient_accumulation must be a whole number >= 1"),
+    ("precise_bn not a bool", {"training__precise_bn": "yes"}, r"training.precise_bn must be true or false"),
+    ("precise_bn with distribute", {"training": {"epochs": 1, "precise_bn": True, "distribute": "mirrored"}},
+     r"training.precise_bn recomputes BatchNorm statistics in one process; it is not supported with distribute"),
     ("unknown distribution", {"training__distribute": "tpu"}, r"training.distribute must be one of \[None, 'mirrored'"),
     ("seeds not a list", {"sweep": {"seeds": 3}}, r"sweep.seeds must be a list of distinct whole numbers"),
 ]

@@ -12,7 +12,7 @@ import pytest
 
 import tlunet
 from tlunet.data import make_dataset
-from tlunet.train import compile_model, fit, read_history, run_stages
+from tlunet.train import compile_model, fit, precise_bn, read_history, run_stages
 
 SCRIPT = textwrap.dedent('''
     import os, sys, json
@@ -248,3 +248,50 @@ def test_fit_finds_the_epoch_clock_behind_a_users_transformations():
     mapped_clock = _epoch_clock(mapped)
     mapped_clock.next = 0
     np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in mapped]), np.concatenate(first))
+
+
+def _bn_model():
+    """conv -> a nested model holding a BatchNorm -> a frozen BatchNorm."""
+    inner_in = keras.Input((4, 4, 3))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="bn_inner")(inner_in), name="inner")
+    inputs = keras.Input((4, 4, 2))
+    conv = keras.layers.Conv2D(3, 1, name="conv")
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn_frozen")(inner(conv(inputs))))
+    model.get_layer("bn_frozen").trainable = False
+    return model, conv
+
+
+def test_precise_bn_sets_the_average_batch_statistics_and_leaves_frozen_layers():
+    import tensorflow as tf
+    model, conv = _bn_model()
+    x = np.random.default_rng(0).normal(5.0, 2.0, (12, 4, 4, 2)).astype("float32")
+    kernel = conv.kernel.numpy().copy()
+    assert precise_bn(model, tf.data.Dataset.from_tensor_slices((x, x[..., :1])).batch(4)) == (1, 3)
+    features = [keras.ops.convert_to_numpy(conv(x[i:i + 4])) for i in (0, 4, 8)]
+    inner = model.get_layer("inner").get_layer("bn_inner")
+    np.testing.assert_allclose(inner.moving_mean.numpy(), np.mean([f.mean(axis=(0, 1, 2)) for f in features], axis=0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inner.moving_variance.numpy(), np.mean([f.var(axis=(0, 1, 2)) for f in features], axis=0),
+                               rtol=1e-4, atol=1e-5)
+    assert inner.momentum == 0.99
+    frozen = model.get_layer("bn_frozen")  # a frozen BatchNorm keeps its statistics
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(3))
+    np.testing.assert_array_equal(frozen.moving_variance.numpy(), np.ones(3))
+    np.testing.assert_array_equal(conv.kernel.numpy(), kernel)
+
+
+def test_precise_bn_that_fails_midway_leaves_the_statistics_it_found():
+    import tensorflow as tf
+    model, _ = _bn_model()
+
+    def batches():
+        yield np.ones((4, 4, 4, 2), "float32")
+        raise OSError("disk gone")
+
+    with pytest.raises(Exception, match="disk gone"):
+        precise_bn(model, tf.data.Dataset.from_generator(batches, output_signature=tf.TensorSpec((4, 4, 4, 2))))
+    inner = model.get_layer("inner").get_layer("bn_inner")
+    np.testing.assert_array_equal(inner.moving_mean.numpy(), np.zeros(3))
+    assert inner.momentum == 0.99
+    with pytest.raises(ValueError, match="the dataset has no batches"):
+        precise_bn(model, tf.data.Dataset.from_tensor_slices(np.ones((0, 4, 4, 2), "float32")).batch(4))

@@ -510,6 +510,65 @@ def read_history(path):
     return {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
+def _all_layers(layer):
+    for sub in getattr(layer, "layers", []):
+        yield sub
+        yield from _all_layers(sub)
+
+
+def precise_bn(model, dataset, max_batches=200):
+    """Sets the moving mean and variance of every trainable BatchNormalization layer of `model` to the
+    average of its batch statistics over `dataset` (PreciseBN: Wu & Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021). Weights are not changed; layers that do not train (frozen BatchNorm, which
+    keeps its source's statistics) are left as they are.
+
+    Why: inference uses the moving averages, which after a short training (a few hundred steps at
+    Keras' momentum 0.99) still hold much of their initial 0/1 and of early epochs' statistics. On
+    Wang 2020's quick phantom, a U-Net trained for 120 steps scored Dice 0.20 on its test volumes
+    with its moving averages and 0.78 with these.
+
+    Args:
+        model: a Keras model, after training.
+        dataset: batches of inputs (or (inputs, targets) pairs) drawn like the training data, without
+            augmentation; the batch size should be the training one.
+        max_batches: at most this many batches are used.
+
+    Returns:
+        (layers updated, batches used).
+    """
+    layers = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    if not layers:
+        return 0, 0
+    sums = [[0.0, 0.0] for _ in layers]
+    momenta = [l.momentum for l in layers]
+    before = [(keras.ops.convert_to_numpy(l.moving_mean), keras.ops.convert_to_numpy(l.moving_variance))
+              for l in layers]
+    batches = 0
+    try:
+        for l in layers:
+            l.momentum = 0.0  # a training-mode call then leaves that batch's statistics in the moving averages
+        for batch in dataset.take(max_batches):
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch, training=True)
+            batches += 1
+            for total, l in zip(sums, layers):
+                total[0] = total[0] + keras.ops.convert_to_numpy(l.moving_mean)
+                total[1] = total[1] + keras.ops.convert_to_numpy(l.moving_variance)
+        if not batches:
+            raise ValueError("precise_bn: the dataset has no batches")
+        for total, l in zip(sums, layers):
+            l.moving_mean.assign(total[0] / batches)
+            l.moving_variance.assign(total[1] / batches)
+    except BaseException:  # interrupted or failed: the model keeps the statistics it had
+        for l, (mean, variance) in zip(layers, before):
+            l.moving_mean.assign(mean)
+            l.moving_variance.assign(variance)
+        raise
+    finally:
+        for l, m in zip(layers, momenta):
+            l.momentum = m
+    return len(layers), batches
+
+
 def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice", optimizer="adam",
                jit_compile=False, batchnorm="follow", lr_schedule=None, gradient_accumulation=1, **fit_kwargs):
     """Trains through a schedule of stages, each with its own strategy, epochs and learning rate —

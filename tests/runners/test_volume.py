@@ -163,3 +163,30 @@ def test_volume_seed_sweep_records_each_seed_and_reports_the_spread_over_seeds(t
     assert rows[0]["n_test"] == 4  # every volume tested once per seed, counted once
     assert "Dice: mean ± sd (population sd) over the 2 × 2 runs of 2 folds and 2 seeds (5, 6;" in \
         (exp / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path):
+    """With training.precise_bn the saved model's BatchNorm statistics are the average over the
+    training patches under its final weights: recomputing them from the same patches changes nothing."""
+    import keras
+
+    from tlunet.data import experiment_splits
+    from tlunet.runners.volume import _patches, load_volumes
+    from tlunet.train import precise_bn
+
+    raw = {k: v for k, v in TINY3D.items() if k not in ("pretrain", "paper")}
+    raw = {**raw, "runs": [{"name": "scratch"}], "training": {**TINY3D["training"], "precise_bn": True}}
+    cfg = config_from_dict(raw, str(tmp_path / "tiny.yaml"))
+    run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
+    run = tmp_path / "results" / "tiny3d" / "scratch"
+    assert yaml.safe_load(open(run / "config.yaml"))["training"]["precise_bn"] is True
+    model = keras.models.load_model(run / "model.keras")
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [l.moving_mean.numpy().copy() for l in bns]
+    assert bns and any(np.abs(m).max() > 1e-3 for m in saved)
+    cases, _ = load_volumes(cfg, cfg["data"])
+    train = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], validation=False)[0][0]
+    precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"], False))
+    for before, layer in zip(saved, bns):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), before, rtol=1e-4, atol=1e-5)

@@ -193,6 +193,18 @@ def check_split_sizes(cfg, splits, subjects, where="data.split", validation=True
                                   f"cases{fold}; give that part a larger fraction, or use more data")
 
 
+def check_precise_bn(path, cfg):
+    """`training.precise_bn` (and the pretrain block's): true or false, and not with `distribute`."""
+    blocks = [("training", cfg["training"])] + ([("pretrain.training", merge(cfg["training"], cfg["pretrain"].get("training")))]
+                                                if "pretrain" in cfg else [])
+    for where, t in blocks:
+        if not isinstance(t.get("precise_bn", False), bool):
+            raise ConfigError(f"{path}: {where}.precise_bn must be true or false. Received: {t['precise_bn']!r}")
+        if t.get("precise_bn") and t.get("distribute"):
+            raise ConfigError(f"{path}: {where}.precise_bn recomputes BatchNorm statistics in one process; it is not "
+                              f"supported with distribute ({t['distribute']!r}) yet: set one of them off")
+
+
 def check_pretrain(cfg, path, data_keys, training_keys):
     """The `pretrain` block (a source task): only data/model/training, each with known keys."""
     if "pretrain" not in cfg:

@@ -28,12 +28,12 @@ from tlunet.inference import EVALUATION_DEFAULTS, IMAGE_TTA, predict_images
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
+from tlunet.runners.config import (check_precise_bn, apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
                                     open_experiment, read_done, start_run, summary_row, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, fit, run_stages, save_model, weights_digest
+from tlunet.train import compile_model, fit, precise_bn, run_stages, save_model, weights_digest
 from tlunet.transfer import transfer_weights
 
 DEFAULTS = {
@@ -45,7 +45,7 @@ DEFAULTS = {
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
                  "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None,
-                 "gradient_accumulation": 1},
+                 "gradient_accumulation": 1, "precise_bn": False},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
     "evaluation": {**EVALUATION_DEFAULTS, "ensemble": False},
     "runs": [],
@@ -86,6 +86,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
     check_split(path, "data.split", cfg["data"]["split"])
     check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
+    check_precise_bn(path, cfg)
     folds, fractions = cfg["sweep"]["folds"], cfg["sweep"]["fractions"]
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
         raise ConfigError(f"{path}: sweep.folds must be a whole number >= 2, or null. Received: {folds!r}")
@@ -230,6 +231,8 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                           run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
                           lr_schedule=t.get("lr_schedule"), tensorboard=t["tensorboard"],
                           callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
+            if t["precise_bn"]:
+                precise_bn(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], shuffle=False))
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
                        "name": p["data"].get("layout") or p["data"]["kind"]}
@@ -318,6 +321,8 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
                           tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
         bar.close()
+    if t["precise_bn"]:  # BatchNorm statistics of the final weights, from the training images
+        precise_bn(model, make_dataset(images[train], masks[train], t["batch_size"], shuffle=False))
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     save_model(model, os.path.join(run_dir, "model.keras"))
