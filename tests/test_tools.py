@@ -1,0 +1,54 @@
+"""The maintainers' tools in tools/, run as a user runs them: a subprocess on finished run folders."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tlunet.runners import config_from_dict, run_experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_run(tmp_path, precise):
+    raw = {"name": "tiny", "data": {"kind": "lung_us_phantom", "n": 12, "phantom_size": [32, 32],
+                                    "image_size": [32, 32], "split": [0.5, 0.25, 0.25]},
+           "model": {"name": "unet", "filters": [4, 8, 16, 32, 64], "batchnorm": True},
+           "training": {"epochs": 6, "batch_size": 2, "precise_bn": precise},
+           "runs": [{"name": "all", "strategy": "all"}]}
+    out = tmp_path / f"out_{precise}"
+    row = run_experiment(config_from_dict(raw, str(tmp_path / "c.yaml")), out_dir=str(out), log=lambda *a: None)[0]
+    return out / "tiny" / "all", row
+
+
+def _tool(*args):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precise_bn_runs.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"test Dice ([\d.]+) with its saved BatchNorm statistics, ([\d.]+) recomputed", done.stdout)
+    assert found, done.stdout
+    return float(found.group(1)), float(found.group(2))
+
+
+@pytest.mark.slow
+def test_precise_bn_runs_rebuilds_the_runs_split_and_recomputes_its_statistics(tmp_path):
+    run, row = _tiny_run(tmp_path, precise=False)
+    saved, recomputed = _tool(run, "--out", tmp_path / "recalibrated")
+    assert saved == pytest.approx(row["dice"], abs=5e-4)  # the run's own test set, scored as the run did
+    assert recomputed != saved  # 36 updates leave Keras' averages far from the weights' statistics
+    import keras
+
+    import tlunet  # noqa: F401 - registers tlunet's objects
+    keras.models.load_model(tmp_path / "recalibrated" / "all" / "model.keras")
+    # a run trained with training.precise_bn already holds those statistics
+    run, row = _tiny_run(tmp_path, precise=True)
+    saved, recomputed = _tool(run)
+    assert saved == pytest.approx(row["dice"], abs=5e-4) and recomputed == pytest.approx(saved, abs=2e-3)
+
+
+def test_precise_bn_runs_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precise_bn_runs.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{tmp_path}: no config.yaml" in done.stderr
