@@ -37,7 +37,7 @@ def test_precise_bn_runs_rebuilds_the_runs_split_and_recomputes_its_statistics(t
     run, row = _tiny_run(tmp_path, precise=False)
     saved, recomputed = _tool(run, "--out", tmp_path / "recalibrated")
     assert saved == pytest.approx(row["dice"], abs=5e-4)  # the run's own test set, scored as the run did
-    assert recomputed != saved  # 36 updates leave Keras' averages far from the weights' statistics
+    assert abs(recomputed - saved) > 0.01  # 18 updates leave Keras' averages far from the weights' statistics
     import keras
 
     import tlunet  # noqa: F401 - registers tlunet's objects

@@ -2,8 +2,9 @@
 for runs made before that setting existed. For each run folder it rebuilds the run's split from its
 config.yaml (fold included), loads its `model.keras`, prints the test Dice with the saved statistics
 and with the average batch statistics of its training images under the same weights
-(`tlunet.train.precise_bn`, batch size of the run, no augmentation), using the run's evaluation
-settings. With `--out`, the recalibrated models are written there as runs (config.yaml, model.keras).
+(`tlunet.train.precise_bn`, shuffled batches of the run's batch size, no augmentation), using the run's evaluation
+settings. With `--out`, the recalibrated models are written there as runs (config.yaml, which says
+so, and model.keras).
 
 For a run trained from scratch this is what `training.precise_bn: true` gives for the same trained
 weights. For a run started from a pretrain source it is not quite: that setting also recomputes the
@@ -14,7 +15,6 @@ source's statistics before fine-tuning.
 
 import argparse
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -41,6 +41,8 @@ def main():
                 sys.exit(f"{run}: no {name}; give finished run folders of an image experiment")
         with open(os.path.join(run, "config.yaml")) as f:
             cfg = yaml.safe_load(f)
+        if not isinstance(cfg, dict) or cfg.get("task", "image") != "image" or "image_size" not in cfg.get("data", {}):
+            sys.exit(f"{run}: not a run of an image experiment (task: image); volume runs are not rebuilt by this tool")
         if cfg.get("fraction", 1) != 1 or cfg.get("data", {}).get("limit") or "ensemble" in cfg:
             sys.exit(f"{run}: a training fraction below 1, data.limit or an ensemble is not rebuilt by this tool")
         data = {**cfg["data"], **({"root": os.path.abspath(args.data)} if args.data else {})}
@@ -65,7 +67,7 @@ def main():
         model = keras.models.load_model(os.path.join(run, "model.keras"))
         before = test_dice(model)
         layers, batches = precise_bn(model, make_dataset(images[train], masks[train], cfg["training"]["batch_size"],
-                                                         shuffle=False))
+                                                         seed=cfg.get("run_seed", cfg.get("seed")) or 0))
         after = test_dice(model)
         results.append((before, after))
         print(f"{os.path.basename(os.path.normpath(run))}: test Dice {before:.3f} with its saved BatchNorm statistics, "
@@ -74,7 +76,10 @@ def main():
         if args.out:
             target = os.path.join(args.out, os.path.basename(os.path.normpath(run)))
             os.makedirs(target, exist_ok=True)
-            shutil.copy(os.path.join(run, "config.yaml"), target)
+            note = {**cfg, "training": {**cfg["training"], "precise_bn": True},
+                    "precise_bn_recomputed_by": "tools/precise_bn_runs.py, after training"}
+            with open(os.path.join(target, "config.yaml"), "w") as f:
+                yaml.safe_dump(note, f, sort_keys=False)
             model.save(os.path.join(target, "model.keras"))
     if len(results) > 1:
         before, after = np.array(results).T

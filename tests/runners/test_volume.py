@@ -182,11 +182,12 @@ def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path)
     run = tmp_path / "results" / "tiny3d" / "scratch"
     assert yaml.safe_load(open(run / "config.yaml"))["training"]["precise_bn"] is True
     model = keras.models.load_model(run / "model.keras")
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    saved = [l.moving_mean.numpy().copy() for l in bns]
-    assert bns and any(np.abs(m).max() > 1e-3 for m in saved)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]  # unet3d is flat
+    saved = [(l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy()) for l in bns]
+    assert bns and any(np.abs(m).max() > 1e-3 for m, _ in saved)
     cases, _ = load_volumes(cfg, cfg["data"])
     train = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], validation=False)[0][0]
     precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"], False))
-    for before, layer in zip(saved, bns):
-        np.testing.assert_allclose(layer.moving_mean.numpy(), before, rtol=1e-4, atol=1e-5)
+    for (mean, variance), layer in zip(saved, bns):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5)

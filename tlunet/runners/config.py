@@ -203,6 +203,13 @@ def check_precise_bn(path, cfg):
         if t.get("precise_bn") and t.get("distribute"):
             raise ConfigError(f"{path}: {where}.precise_bn recomputes BatchNorm statistics in one process; it is not "
                               f"supported with distribute ({t['distribute']!r}) yet: set one of them off")
+        if t.get("precise_bn") and t.get("batchnorm") == "freeze":
+            raise ConfigError(f"{path}: {where}.precise_bn recomputes the statistics of BatchNorm layers that train; "
+                              "with batchnorm: freeze none does: set one of them off")
+    staged = [r.get("name") for r in cfg.get("runs") or [] if isinstance(r, dict) and len(r.get("stages") or []) > 1]
+    if cfg["training"].get("precise_bn") and staged:
+        raise ConfigError(f"{path}: training.precise_bn is not supported yet for runs with several stages ({staged}): "
+                          "a BatchNorm layer frozen in a later stage would keep the statistics it lagged with")
 
 
 def check_pretrain(cfg, path, data_keys, training_keys):

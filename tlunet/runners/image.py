@@ -232,7 +232,7 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                           lr_schedule=t.get("lr_schedule"), tensorboard=t["tensorboard"],
                           callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
             if t["precise_bn"]:
-                precise_bn(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], shuffle=False))
+                precise_bn(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], seed=cfg["seed"]))
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
                        "name": p["data"].get("layout") or p["data"]["kind"]}
@@ -322,7 +322,7 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
                           tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
         bar.close()
     if t["precise_bn"]:  # BatchNorm statistics of the final weights, from the training images
-        precise_bn(model, make_dataset(images[train], masks[train], t["batch_size"], shuffle=False))
+        precise_bn(model, make_dataset(images[train], masks[train], t["batch_size"], seed=seed))
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     save_model(model, os.path.join(run_dir, "model.keras"))
