@@ -24,6 +24,7 @@ import tensorflow as tf
 from tlunet.finetune import apply_strategy, trainable_params
 from tlunet.losses import get_loss
 from tlunet.metrics import segmentation_metrics
+from tlunet.selection import iter_layers
 
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = {
@@ -510,12 +511,6 @@ def read_history(path):
     return {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
-def _all_layers(layer):
-    for sub in getattr(layer, "layers", []):
-        yield sub
-        yield from _all_layers(sub)
-
-
 def precise_bn(model, dataset, max_batches=200):
     """Sets the moving mean and variance of every trainable BatchNormalization layer of `model` to the
     average of its batch statistics over `dataset`, each batch weighted by its size (PreciseBN: Wu &
@@ -537,7 +532,7 @@ def precise_bn(model, dataset, max_batches=200):
     Returns:
         (layers updated, batches used).
     """
-    layers = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    layers = [l for _, l in iter_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
     if not layers:
         return 0, 0
     sums = [[0.0, 0.0] for _ in layers]

@@ -31,6 +31,7 @@ def main():
 
     from tlunet.data import experiment_splits
     from tlunet.data.pipeline import make_dataset
+    from tlunet.inference import EVALUATION_DEFAULTS
     from tlunet.runners import image
     from tlunet.train import precise_bn
 
@@ -57,8 +58,7 @@ def main():
             sys.exit(f"{run}: the rebuilt split ({len(train)} train / {len(test)} test) is not the run's "
                      f"({cfg.get('n_train')} / {cfg.get('n_test')}); is --data the folder it was trained on?")
         ev = cfg.get("evaluation") or {}
-        settings = {"threshold": ev.get("threshold", 0.5), "tta": ev.get("tta"),
-                    "largest_component": ev.get("largest_component", False)}
+        settings = {k: ev.get(k, default) for k, default in EVALUATION_DEFAULTS.items()}
 
         def test_dice(model):
             rows, _ = image.evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], **settings)

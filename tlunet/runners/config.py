@@ -194,7 +194,8 @@ def check_split_sizes(cfg, splits, subjects, where="data.split", validation=True
 
 
 def check_precise_bn(path, cfg):
-    """`training.precise_bn` (and the pretrain block's): true or false, and not with `distribute`."""
+    """`training.precise_bn` (and the pretrain block's): true or false; not with `distribute`, with
+    `batchnorm: freeze`, or with runs of several stages."""
     blocks = [("training", cfg["training"])] + ([("pretrain.training", merge(cfg["training"], cfg["pretrain"].get("training")))]
                                                 if "pretrain" in cfg else [])
     for where, t in blocks:
