@@ -52,3 +52,19 @@ def test_precise_bn_runs_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precise_bn_runs.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"{tmp_path}: no config.yaml" in done.stderr
+
+
+def test_precise_bn_runs_refuses_a_run_of_several_stages(tmp_path):
+    """Recomputing after training reaches only the last stage's layers; such a run is refused, naming it."""
+    import yaml
+
+    run = tmp_path / "vunet"
+    run.mkdir()
+    stages = [{"strategy": "frozen_encoder", "epochs": 1}, {"strategy": "all", "epochs": 1}]
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "image", "data": {"image_size": [32, 32]},
+                                                     "run": {"name": "vunet", "stages": stages}}))
+    (run / "model.keras").write_bytes(b"")
+    (run / "done.json").write_text("{}")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precise_bn_runs.py"), str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{run}: a run of several stages" in done.stderr, done.stderr

@@ -528,6 +528,8 @@ def precise_bn(model, dataset, max_batches=200):
             shuffled (batches of one subject's neighbouring files would understate the variance),
             without augmentation, at the training batch size.
         max_batches: at most this many batches are used (the first ones: shuffle first).
+            A tlunet pipeline gives its first pass every time (its `EpochClock` is set to 0), so
+            each call, and each stage of `run_stages`, a resumed run's too, sees the same batches.
 
     Returns:
         (layers updated, batches used).
@@ -540,6 +542,9 @@ def precise_bn(model, dataset, max_batches=200):
     before = [(keras.ops.convert_to_numpy(l.moving_mean), keras.ops.convert_to_numpy(l.moving_variance))
               for l in layers]
     batches = 0
+    clock = _epoch_clock(dataset)
+    if clock is not None:
+        clock.next = 0
     try:
         for l in layers:
             l.momentum = 0.0  # a training-mode call then leaves that batch's statistics in the moving averages
@@ -569,7 +574,8 @@ def precise_bn(model, dataset, max_batches=200):
 
 
 def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice", optimizer="adam",
-               jit_compile=False, batchnorm="follow", lr_schedule=None, gradient_accumulation=1, **fit_kwargs):
+               jit_compile=False, batchnorm="follow", lr_schedule=None, gradient_accumulation=1, bn_data=None,
+               **fit_kwargs):
     """Trains through a schedule of stages, each with its own strategy, epochs and learning rate —
     e.g. Cheng & Lam's V-Unet: `[{"strategy": "frozen_encoder", "epochs": 10, "learning_rate": 1e-3},
     {"strategy": "all", "epochs": 10, "learning_rate": 1e-5}]`.
@@ -577,6 +583,10 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
     Each stage applies its strategy, compiles with a fresh optimizer and fits in
     `run_dir/stage{i}_{strategy}`. A finished stage leaves its final weights and a `done.json`; a
     restarted run loads the last finished stage's weights and resumes the stage in progress.
+
+    With `bn_data` (batches drawn as `precise_bn` wants them), each stage ends with `precise_bn`
+    on the BatchNorm layers it trained, before its weights are saved: a layer that a later stage
+    freezes keeps statistics of the weights it finished with, not the lagging running averages.
 
     Returns:
         list of per-stage dicts {name, strategy, trainable_params, epochs_run, history}.
@@ -607,6 +617,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
                       optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
         history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
                       lr_schedule=stage.get("lr_schedule", lr_schedule), data_epoch=data_epoch, **fit_kwargs)
+        if bn_data is not None:  # this stage's trainable BatchNorm layers, under its final weights
+            precise_bn(model, bn_data)
         values = model.get_weights()
         atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
                      needed=sum(w.nbytes for w in values))

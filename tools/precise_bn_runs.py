@@ -44,6 +44,10 @@ def main():
             cfg = yaml.safe_load(f)
         if not isinstance(cfg, dict) or cfg.get("task", "image") != "image" or "image_size" not in cfg.get("data", {}):
             sys.exit(f"{run}: not a run of an image experiment (task: image); volume runs are not rebuilt by this tool")
+        if len((cfg.get("run") or {}).get("stages") or []) > 1:
+            sys.exit(f"{run}: a run of several stages; recomputing now would reach only the layers its last stage "
+                     "trained (a layer frozen later keeps its lagging statistics): rerun it with training.precise_bn, "
+                     "which recomputes them at the end of each stage")
         if cfg.get("fraction", 1) != 1 or cfg.get("data", {}).get("limit") or "ensemble" in cfg:
             sys.exit(f"{run}: a training fraction below 1, data.limit or an ensemble is not rebuilt by this tool")
         data = {**cfg["data"], **({"root": os.path.abspath(args.data)} if args.data else {})}

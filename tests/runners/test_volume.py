@@ -168,7 +168,9 @@ def test_volume_seed_sweep_records_each_seed_and_reports_the_spread_over_seeds(t
 @pytest.mark.slow
 def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path):
     """With training.precise_bn the saved model's BatchNorm statistics are the average over the
-    training patches under its final weights: recomputing them from the same patches changes nothing."""
+    training patches under its final weights: recomputing them from the same patches changes nothing.
+    The run has two stages, the second with the encoder frozen: the encoder's statistics were
+    recomputed when its stage ended, so they hold too."""
     import keras
 
     from tlunet.data import experiment_splits
@@ -176,18 +178,31 @@ def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path)
     from tlunet.train import precise_bn
 
     raw = {k: v for k, v in TINY3D.items() if k not in ("pretrain", "paper")}
-    raw = {**raw, "runs": [{"name": "scratch"}], "training": {**TINY3D["training"], "precise_bn": True}}
+    stages = [{"strategy": "all", "epochs": 1}, {"strategy": {"trainable": ["decoder", "head"]}, "epochs": 1}]
+    raw = {**raw, "runs": [{"name": "scratch", "stages": stages}], "training": {**TINY3D["training"], "precise_bn": True}}
     cfg = config_from_dict(raw, str(tmp_path / "tiny.yaml"))
     run_experiment(cfg, out_dir=str(tmp_path / "results"), log=lambda *a: None)
     run = tmp_path / "results" / "tiny3d" / "scratch"
     assert yaml.safe_load(open(run / "config.yaml"))["training"]["precise_bn"] is True
     model = keras.models.load_model(run / "model.keras")
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]  # unet3d is flat
+    frozen = [l.name for l in bns if not l.trainable]  # the encoder's, frozen by the second stage
+    assert frozen and len(frozen) < len(bns), frozen
     saved = [(l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy()) for l in bns]
     assert bns and any(np.abs(m).max() > 1e-3 for m, _ in saved)
     cases, _ = load_volumes(cfg, cfg["data"])
     train = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], validation=False)[0][0]
-    precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"], False))
-    for (mean, variance), layer in zip(saved, bns):
-        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5)
+
+    def recomputed_as_saved(layers):
+        precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"], False))
+        for (mean, variance), layer in zip(saved, bns):
+            if layer.name in layers:
+                np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+                np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5,
+                                           err_msg=layer.name)
+
+    # The decoder's, as the last stage left them (the encoder in inference mode, as it trained then).
+    recomputed_as_saved([l.name for l in bns if l.trainable])
+    for layer in bns:  # the encoder's, as the first stage left them (everything training)
+        layer.trainable = True
+    recomputed_as_saved(frozen)

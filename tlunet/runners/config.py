@@ -194,8 +194,8 @@ def check_split_sizes(cfg, splits, subjects, where="data.split", validation=True
 
 
 def check_precise_bn(path, cfg):
-    """`training.precise_bn` (and the pretrain block's): true or false; not with `distribute`, with
-    `batchnorm: freeze`, or with runs of several stages."""
+    """`training.precise_bn` (and the pretrain block's): true or false; not with `distribute` or with
+    `batchnorm: freeze`. (Runs of several stages recompute the statistics at the end of each stage.)"""
     blocks = [("training", cfg["training"])] + ([("pretrain.training", merge(cfg["training"], cfg["pretrain"].get("training")))]
                                                 if "pretrain" in cfg else [])
     for where, t in blocks:
@@ -207,10 +207,6 @@ def check_precise_bn(path, cfg):
         if t.get("precise_bn") and t.get("batchnorm") == "freeze":
             raise ConfigError(f"{path}: {where}.precise_bn recomputes the statistics of BatchNorm layers that train; "
                               "with batchnorm: freeze none does: set one of them off")
-    staged = [r.get("name") for r in cfg.get("runs") or [] if isinstance(r, dict) and len(r.get("stages") or []) > 1]
-    if cfg["training"].get("precise_bn") and staged:
-        raise ConfigError(f"{path}: training.precise_bn is not supported yet for runs with several stages ({staged}): "
-                          "a BatchNorm layer frozen in a later stage would keep the statistics it lagged with")
 
 
 def check_pretrain(cfg, path, data_keys, training_keys):

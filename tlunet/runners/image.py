@@ -313,16 +313,16 @@ def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, 
             weights_note = f"pre-trained on {source} ({len(report.copied)} layers copied)"
         write_config(run_dir, cfg, run=spec, fraction=fraction, fold=fold, run_seed=seed, n_train=len(train), n_val=len(val),
                      n_test=len(test), weights_used=weights_note)
+        # precise_bn: each stage ends with the BatchNorm statistics of its final weights, from the training images
+        bn_data = make_dataset(images[train], masks[train], t["batch_size"], seed=seed) if t["precise_bn"] else None
         bar = EpochProgress(label, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
         done = run_stages(model, stages(cfg, spec), make_dataset(images[train], masks[train], t["batch_size"],
                                                                  cfg["data"]["augment"], seed=seed),
                           make_dataset(images[val], masks[val], t["batch_size"], shuffle=False) if val else None,
                           run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
+                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"], bn_data=bn_data)
         bar.close()
-    if t["precise_bn"]:  # BatchNorm statistics of the final weights, from the training images
-        precise_bn(model, make_dataset(images[train], masks[train], t["batch_size"], seed=seed))
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     save_model(model, os.path.join(run_dir, "model.keras"))

@@ -238,15 +238,16 @@ def _train_and_evaluate(cfg, spec, name, run_dir, weights, weights_note, source_
                 else "scratch: random init"
         write_config(run_dir, cfg, run=spec, fold=fold, run_seed=seed, weights_used=weights_note,
                      train_cases=[cases[i]["case"] for i in train], test_cases=[cases[i]["case"] for i in test])
+        # precise_bn: each stage ends with the BatchNorm statistics of its final weights, from training
+        # patches (no augmentation)
+        bn_data = _patches(cfg, cfg["data"], [cases[i] for i in train], seed, False) if t["precise_bn"] else None
         bar = EpochProgress(name, sum(s["epochs"] for s in stages(cfg, spec)), disable=bool(verbose))
         done = run_stages(model, stages(cfg, spec), _patches(cfg, cfg["data"], [cases[i] for i in train], seed, True),
                           _patches(cfg, cfg["data"], [cases[i] for i in val], cfg["seed"] + 99, False) if val else None,
                           run_dir=run_dir, loss=t["loss"], optimizer=t["optimizer"], jit_compile=t["jit_compile"],
                           batchnorm=t["batchnorm"], patience=t["patience"], verbose=verbose, callbacks=[bar],
-                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"])
+                          tensorboard=t["tensorboard"], gradient_accumulation=t["gradient_accumulation"], bn_data=bn_data)
         bar.close()
-    if t["precise_bn"]:  # BatchNorm statistics of the final weights, from training patches (no augmentation)
-        precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], seed, False))
     history = merged_history(done)
     write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
     learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), name)
