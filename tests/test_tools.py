@@ -68,3 +68,15 @@ def test_precise_bn_runs_refuses_a_run_of_several_stages(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "precise_bn_runs.py"), str(run)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"{run}: a run of several stages" in done.stderr, done.stderr
+
+
+def test_tta_val_hc18_refuses_a_run_that_is_not_on_hc18(tmp_path):
+    import yaml
+
+    run = tmp_path / "covid"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "image", "data": {"kind": "pairs", "image_size": [32, 32]}}))
+    (run / "model.keras").write_bytes(b"")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "tta_val_hc18.py"), str(run), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{run}/config.yaml: not a run on HC18 (data.kind: hc18)" in done.stderr, done.stderr
