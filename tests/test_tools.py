@@ -80,3 +80,19 @@ def test_tta_val_hc18_refuses_a_run_that_is_not_on_hc18(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "tta_val_hc18.py"), str(run), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"{run}/config.yaml: not a run on HC18 (data.kind: hc18)" in done.stderr, done.stderr
+
+
+def test_tta_val_hc18_names_a_folder_that_is_not_hc18(tmp_path):
+    import yaml
+
+    run = tmp_path / "scratch"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "image", "seed": 0, "data": {
+        "kind": "hc18", "image_size": [32, 48], "channels": 1, "split": [0.7, 0.15, 0.15]}}))
+    (run / "model.keras").write_bytes(b"")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "tta_val_hc18.py"), str(run), str(empty)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith(f"{empty}: no training_set/ folder"), \
+        done.stderr

@@ -146,6 +146,58 @@ def test_stages_with_bn_data_leave_a_layer_frozen_later_with_its_final_statistic
     assert max(train(tmp_path / "running")) > 1e-2  # the check can fail: the running averages lag
 
 
+def test_stages_with_bn_data_resumed_end_with_the_statistics_of_an_uninterrupted_run(tmp_path):
+    """A run stopped in its second stage and run again loads the first stage's recomputed statistics
+    and recomputes the second's from the same batches (a pipeline's first pass every time), so it
+    ends where the uninterrupted run ends. A stage finished before its `done.json` recorded
+    `precise_bn` (an older tlunet) is recomputed when loaded."""
+    x, y = _tiny_data(n=16)
+    stages = [{"strategy": "all", "epochs": 1}, {"strategy": {"trainable": ["decoder", "head"]}, "epochs": 2}]
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16), batchnorm=True)
+
+    def run(run_dir, **kwargs):
+        m = model()
+        run_stages(m, stages, make_dataset(x, y, batch_size=4, seed=0), run_dir=str(run_dir), verbose=0,
+                   bn_data=make_dataset(x, y, batch_size=4, seed=1), **kwargs)
+        return m
+
+    def statistics(m):
+        return [w for w in m.weights if "moving" in w.path]
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", callbacks=[Stop()])
+    resumed = run(tmp_path / "resumed")
+    assert statistics(whole)
+    for a, b in zip(statistics(whole), statistics(resumed)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+    assert all(json.loads((tmp_path / "resumed" / d / "done.json").read_text())["precise_bn"] is True
+               for d in ("stage0_all", "stage1_custom"))
+
+    # An older tlunet recomputed once after run_stages, for one-stage runs only: a run stopped after
+    # its stage finished left a done.json without the record and the running averages.
+    one = stages[:1]
+    old = model()
+    run_stages(old, one, make_dataset(x, y, batch_size=4, seed=0), run_dir=str(tmp_path / "old"), verbose=0)
+    assert "precise_bn" not in json.loads((tmp_path / "old" / "stage0_all" / "done.json").read_text())
+    loaded = model()
+    run_stages(loaded, one, make_dataset(x, y, batch_size=4, seed=0), run_dir=str(tmp_path / "old"), verbose=0,
+               bn_data=make_dataset(x, y, batch_size=4, seed=1))
+    precise_bn(old, make_dataset(x, y, batch_size=4, seed=1))
+    for a, b in zip(statistics(old), statistics(loaded)):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(statistics(loaded), statistics(model()))) > 1e-2
+
+
 @pytest.mark.slow
 def test_mixed_bfloat16_trains_with_float32_output(tmp_path):
     code = textwrap.dedent('''

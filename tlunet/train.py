@@ -585,8 +585,10 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
     restarted run loads the last finished stage's weights and resumes the stage in progress.
 
     With `bn_data` (batches drawn as `precise_bn` wants them), each stage ends with `precise_bn`
-    on the BatchNorm layers it trained, before its weights are saved: a layer that a later stage
-    freezes keeps statistics of the weights it finished with, not the lagging running averages.
+    on the BatchNorm layers it trained, before its weights are saved (its `done.json` says
+    `"precise_bn": true`; a finished stage whose file does not say so is recomputed when loaded): a
+    layer that a later stage freezes keeps statistics of the weights it finished with, not the
+    lagging running averages, and runs in later stages (inference mode) with those.
 
     Returns:
         list of per-stage dicts {name, strategy, trainable_params, epochs_run, history}.
@@ -612,6 +614,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
                 model.set_weights([saved[f"w{k}"] for k in range(len(saved.files))])
             with open(done) as f:
                 results.append(json.load(f))
+            if bn_data is not None and not results[-1].get("precise_bn"):  # finished before stages recomputed them
+                precise_bn(model, bn_data)
             continue
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
@@ -623,7 +627,8 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
         atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
                      needed=sum(w.nbytes for w in values))
         result = {"name": name, "strategy": stage["strategy"], "trainable_params": trainable_params(model),
-                  "epochs_run": len(next(iter(history.values()), [])), "history": history}
+                  "epochs_run": len(next(iter(history.values()), [])), "history": history,
+                  **({"precise_bn": True} if bn_data is not None else {})}
         atomic_write(done, lambda tmp: _dump_json(result, tmp))
         shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # the stage's final weights are kept
         results.append(result)

@@ -8,7 +8,9 @@ so, and model.keras).
 
 For a run trained from scratch this is what `training.precise_bn: true` gives for the same trained
 weights. For a run started from a pretrain source it is not quite: that setting also recomputes the
-source's statistics before fine-tuning.
+source's statistics before fine-tuning. Runs of several stages are refused: recomputing after
+training reaches only the layers the last stage trained (`training.precise_bn` recomputes at the
+end of each stage).
 
     python tools/precise_bn_runs.py results/wang2020_covid_ct_2d/scratch-fold* --data ../shared/data/covid_ct_slices
 """
