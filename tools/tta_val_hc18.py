@@ -4,8 +4,8 @@ before thresholding, the largest region, sub-pixel ellipse): none, `flip` (the l
 what `evaluation.tta: flip` and `tlunet export --tta flip` do), `flips` (the four left-right and
 up-down mirrors) and `flip+rotate` (flip, and each of the image and its mirror rotated by -10 and
 +10 degrees and the probabilities rotated back, each counted only where the rotated image covers
-the scan). Only `flip` is built into tlunet's runners and
-export; the others are here to ask whether more would help.
+the scan). Only `flip` is built into tlunet's runners and export; the others are here to ask
+whether more would help.
 
     python tools/tta_val_hc18.py results/wang2023_fetal_head/scratch-ensemble ../shared/data/hc18
 """
@@ -70,20 +70,21 @@ def main():
     flips = [plain, mirror, predict(x[:, ::-1])[:, ::-1], predict(x[:, ::-1, ::-1])[:, ::-1, ::-1]]
     total, weight = plain + mirror, np.full(plain.shape, 2.0)
     for d in (-10, 10):  # each rotated prediction counts only where the rotated image covers the scan
-        covered = rotate(rotate(np.ones_like(plain), d), -d)
+        covered = rotate(rotate(np.ones_like(plain), d), -d) > 0.5
         rotated = rotate(x, d)
-        total += rotate(predict(rotated), -d) * (covered > 0.5)
-        total += rotate(predict(rotated[:, :, ::-1])[:, :, ::-1], -d) * (covered > 0.5)  # and its mirror
-        weight += 2.0 * (covered > 0.5)
+        total += rotate(predict(rotated), -d) * covered
+        total += rotate(predict(rotated[:, :, ::-1])[:, :, ::-1], -d) * covered  # and its mirror
+        weight += 2.0 * covered
     variants = {"none": plain, "flip": (plain + mirror) / 2, "flips": np.mean(flips, axis=0),
                 "flip+rotate": total / weight}
     print(f"{len(chosen)} {args.split} images of {len({groups[i] for i in chosen})} fetuses, "
           f"challenge measures at the scans' own size:")
     print("| tta | ADF (mm) | median ADF | DF (mm) | Dice | worst Dice |\n|---|---:|---:|---:|---:|---:|")
+    truths = [read_filled_annotation(meta[i]["annotation"]) for i in chosen]  # read once, scored four times
+    threshold = (cfg.get("evaluation") or {}).get("threshold", 0.5)
     for name, probs in variants.items():
-        c = [challenge_measures(p, read_filled_annotation(meta[i]["annotation"]), meta[i]["pixel_size"],
-                                meta[i]["hc_mm"], (cfg.get("evaluation") or {}).get("threshold", 0.5))
-             for p, i in zip(probs, chosen)]
+        c = [challenge_measures(p, truth, meta[i]["pixel_size"], meta[i]["hc_mm"], threshold)
+             for p, truth, i in zip(probs, truths, chosen)]
         df = np.array([r["df_mm"] for r in c])
         dice = np.array([r["dice_full"] for r in c])
         missed = f" ({np.isnan(df).sum()} scans with no head, left out of ADF)" if np.isnan(df).any() else ""
