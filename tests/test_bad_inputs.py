@@ -346,3 +346,104 @@ def test_a_fold_run_made_with_another_number_of_folds_is_not_reused(tmp_path):
     assert changed_settings(str(tmp_path), {**cfg, "sweep": {**cfg["sweep"], "folds": 3}}, run) == ["sweep.folds: 5 -> 3"]
     assert changed_settings(str(tmp_path), {**cfg, "sweep": {"folds": 5, "fractions": [0.5, 1.0], "seeds": [0, 1]}},
                             run) == []
+
+
+# ------------------------------------------------------------------- "did you mean ...?"
+SUGGESTED_CONFIGS = [
+    ("misspelt top-level key", {"trainig": {}}, r"unknown keys \['trainig'\] \(did you mean 'training'\?\); valid: \["),
+    ("misspelt training key", {"training__lerning_rate": 1e-3},
+     r"unknown training keys \['lerning_rate'\] \(did you mean 'learning_rate'\?\); valid: \[.*'learning_rate'"),
+    ("two misspelt keys", {"training__epocs": 2, "training__bach_size": 4},
+     r"unknown training keys \['bach_size', 'epocs'\] \(did you mean 'batch_size' for 'bach_size', "
+     r"'epochs' for 'epocs'\?\); valid:"),
+    ("misspelt model option", {"model__filtres": [4, 8, 16, 32, 64]},
+     r"unknown model keys \['filtres'\] \(did you mean 'filters'\?\) for unet; valid:"),
+    ("misspelt model name", {"model__name": "mobilenet_unet"},
+     r"model: Unknown model 'mobilenet_unet' \(did you mean 'mobilenetv2_unet'\?\)\. Valid models: \["),
+    ("misspelt strategy", {"runs": [{"name": "a", "strategy": "frozen_encoders"}]},
+     r"Unknown strategy 'frozen_encoders' \(did you mean 'frozen_encoder'\?\)\. Presets: \["),
+]
+
+
+@pytest.mark.parametrize("raw,pattern", [c[1:] for c in SUGGESTED_CONFIGS], ids=[c[0] for c in SUGGESTED_CONFIGS])
+def test_misspelt_config_names_get_the_nearest_valid_spelling(raw, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        config_from_dict(_cfg(**raw), "/configs/bad.yaml")
+    assert str(info.value).startswith("/configs/bad.yaml: ")
+
+
+@pytest.mark.parametrize("raw,pattern", [
+    ({"colour": "red"}, r"unknown keys \['colour'\]; valid: \["),
+    ({"training__verbosity": 2}, r"unknown training keys \['verbosity'\]; valid: \["),
+    ({"model__name": "transformer"}, r"Unknown model 'transformer'\. Valid models: \["),
+    ({"runs": [{"name": "a", "strategy": "everything"}]}, r"Unknown strategy 'everything'\. Presets: \["),
+])
+def test_config_names_with_no_close_spelling_get_no_suggestion(raw, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        config_from_dict(_cfg(**raw), "/configs/bad.yaml")
+    assert "did you mean" not in str(info.value)
+
+
+def _message(call, *args, **kwargs):
+    with pytest.raises(ValueError) as info:
+        call(*args, **kwargs)
+    return str(info.value)
+
+
+def test_misspelt_names_in_python_get_the_nearest_valid_spelling():
+    from tlunet.data.augment import get_augment_config
+    from tlunet.finetune import get_strategy
+    from tlunet.losses import get_loss
+    from tlunet.resources import find_config, sample_path
+
+    cases = [  # (message, suggestion, the message's own list of valid choices, still there)
+        (_message(tlunet.get_model_info, "mobilenet_unet"), "'mobilenetv2_unet'", "Valid models: ["),
+        (_message(tlunet.build_model, "mobilenet_unet"), "'mobilenetv2_unet'", "Valid models: ["),
+        (_message(tlunet.get_model_info, "UNet"), "'unet'", "Valid models: ["),  # case alone
+        (_message(tlunet.build_model, "unet", filtres=[4]), "'filters'", "Valid options: ["),
+        (_message(get_strategy, "decoder-only"), "'decoder'", "Presets: ["),
+        (_message(get_strategy, "d-4"), "'D-4'", "Presets: ["),
+        (_message(get_loss, "bce_dcie"), "'bce_dice'", "tlunet losses: ['dice', 'bce_dice'"),
+        (_message(get_loss, "binary_crossentopy"), "'binary_crossentropy'", "or a Keras loss name"),
+        (_message(get_augment_config, "ultrasond"), "'ultrasound'", "Valid: ['none'"),
+        (_message(find_config, "wang2023_fetal_haed"), "'wang2023_fetal_head'", "nor one of ["),
+        (_message(sample_path, "hc18_smal"), "'hc18_small'", "tlunet ships ['hc18_small']"),
+    ]
+    for message, suggestion, valid in cases:
+        assert f"(did you mean {suggestion}?)" in message and valid in message, message
+    assert "(did you mean 'rotation' for 'rotaton', 'zoom' for 'zom'?). Valid: [" in \
+        _message(get_augment_config, {"rotaton": 3, "zom": 0.1, "colour": 1})
+
+
+def test_names_in_python_with_no_close_spelling_get_no_suggestion():
+    from tlunet.data.augment import get_augment_config
+    from tlunet.finetune import get_strategy
+    from tlunet.losses import get_loss
+    from tlunet.resources import find_config
+
+    for message in (_message(tlunet.get_model_info, "transformer"), _message(tlunet.build_model, "unet", colour=1),
+                    _message(get_strategy, "everything"), _message(get_loss, "hausdorff"),
+                    _message(get_augment_config, "heavy"), _message(get_augment_config, {"colour": 1}),
+                    _message(find_config, "fetal"),
+                    _message(find_config, "wang2023_fetal_haed.yaml")):  # a missing file, not a misspelt name
+        assert "did you mean" not in message, message
+
+
+def test_cli_misspelt_experiment_gets_the_nearest_name(capsys):
+    assert main(["experiment", "wang2023_fetal_haed", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "'wang2023_fetal_haed' (did you mean 'wang2023_fetal_head'?)" in err
+    assert "Traceback" not in err
+
+
+def test_cli_data_that_is_the_images_folder_points_at_its_parent(tmp_path, capsys):
+    """The issue's case: `--data my_data/images` names the folder given, the layout and the parent."""
+    data = tmp_path / "my_data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    code = main(["train", "--model", "unet", "--data", str(data / "images"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'images'}: no images/ or masks/ folder; expected {data / 'images' / 'images'}/ and " in err
+    assert f"with matching file names (layout generic); did you mean the folder {data}?" in err
+    assert "Traceback" not in err

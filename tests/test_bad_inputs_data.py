@@ -97,6 +97,34 @@ def test_hc18_valid_layout_still_reads(hc18):
     assert [os.path.basename(r.image) for r in find_hc18(hc18)] == ["001_HC.png", "001_2HC.png", "003_HC.png"]
 
 
+_HC18_LAYOUT = r"expected the official HC18 layout: {0}/training_set/ \(NNN_HC\.png images and " \
+               r"NNN_HC_Annotation\.png outlines\) and {0}/" + re.escape(CSV_NAME)
+
+
+def test_hc18_inner_folder_names_the_layout_and_its_parent(hc18):
+    inner = os.path.join(hc18, "training_set")
+    with pytest.raises(DataError, match=rf"^{re.escape(inner)}: no training_set/ folder; "
+                                        rf"{_HC18_LAYOUT.format(re.escape(inner))}; did you mean the folder "
+                                        rf"{re.escape(hc18)}\?$"):
+        tlunet.data.hc18_set(inner)
+
+
+def test_hc18_wrong_folder_names_the_layout_without_a_guess(tmp_path):
+    empty, gone = str(tmp_path / "empty"), str(tmp_path / "gone")
+    os.mkdir(empty)
+    for root, problem in ((empty, "no training_set/ folder"), (gone, "folder not found")):
+        with pytest.raises(DataError, match=rf"^{re.escape(root)}: {problem}; "
+                                            rf"{_HC18_LAYOUT.format(re.escape(root))}$"):
+            find_hc18(root)
+
+
+def test_hc18_missing_csv_names_the_layout(hc18):
+    os.remove(os.path.join(hc18, CSV_NAME))
+    with pytest.raises(DataError, match=rf"{CSV_NAME}: file not found \(pixel sizes and HC come from it\); "
+                                        rf"{_HC18_LAYOUT.format(re.escape(hc18))}$"):
+        find_hc18(hc18)
+
+
 # ------------------------------------------------------------------------------------ NIfTI masks
 def _nifti(path, data):
     nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4)), str(path))
@@ -196,6 +224,52 @@ def test_folder_listing_refuses_a_directory_named_like_an_image(tmp_path):
         list_files(str(tmp_path / "images"), (".png",))
     with pytest.raises(DataError, match=match):
         find_pairs(str(tmp_path))
+
+
+def _pairs_folder(root):
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(root, sub))
+        _png(os.path.join(root, sub, "1.png"), _SQUARE)
+    return str(root)
+
+
+@pytest.mark.parametrize("inner", ["images", "masks", "images/"])
+def test_pairs_inner_folder_names_the_layout_and_its_parent(tmp_path, inner):
+    """`--data my_data/images` used to say `my_data/images/images: folder not found`."""
+    data = _pairs_folder(tmp_path / "my_data")
+    given = os.path.join(data, inner)
+    with pytest.raises(DataError, match=rf"^{re.escape(given)}: no images/ or masks/ folder; expected "
+                                        rf"{re.escape(os.path.join(given, 'images'))}/ and "
+                                        rf"{re.escape(os.path.join(given, 'masks'))}/ with matching file names "
+                                        rf"\(layout generic\); did you mean the folder {re.escape(data)}\?$"):
+        find_pairs(given)
+
+
+def test_pairs_missing_folder_next_to_the_layout_points_at_it(tmp_path):
+    data = _pairs_folder(tmp_path / "my_data")
+    with pytest.raises(DataError, match=rf"imgs: folder not found; .* did you mean the folder {re.escape(data)}\?$"):
+        find_pairs(os.path.join(data, "imgs"))
+    with pytest.raises(DataError, match=r"images/ and .*ground_truth_mask/ with matching file names \(layout ecssd\); "
+                                        r"did you mean the folder"):
+        find_pairs(os.path.join(data, "images"), "ecssd")
+
+
+def test_pairs_wrong_folder_names_the_layout_without_a_guess(tmp_path):
+    scans = tmp_path / "scans"
+    (scans / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(scans))}: no masks/ folder; expected .*images/ and "
+                                        r".*masks/ with matching file names \(layout generic\)$"):
+        find_pairs(str(scans))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'gone'))}: folder not found; expected .*"
+                                        r"with matching file names$"):  # own folder names: no layout to name
+        find_pairs(str(tmp_path / "gone"), image_dir="x", mask_dir="y")
+
+
+def test_unknown_layout_gets_the_nearest_name():
+    with pytest.raises(ValueError, match=r"Unknown layout 'ecsd' \(did you mean 'ecssd'\?\)\. Valid: \['generic'"):
+        find_pairs(".", "ecsd")
+    with pytest.raises(ValueError, match=r"Unknown layout 'brats'\. Valid: \['generic'"):
+        find_pairs(".", "brats")
 
 
 # ------------------------------------------------------------------------------------ predict

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from tlunet._suggest import did_you_mean
 from tlunet.selection import check_selectors, group_of, iter_layers, matches
 
 BATCHNORM_POLICIES = ("follow", "freeze")
@@ -77,7 +78,8 @@ def get_strategy(strategy):
         return strategy
     if isinstance(strategy, str):
         if strategy not in PRESETS:
-            raise ValueError(f"Unknown strategy {strategy!r}. Presets: {list(PRESETS)}; or pass "
+            raise ValueError(f"Unknown strategy {strategy!r}{did_you_mean(strategy, PRESETS)}. "
+                             f"Presets: {list(PRESETS)}; or pass "
                              "{'trainable': [...], 'frozen': [...]} with group names or 're:' regexes.")
         return PRESETS[strategy]
     if isinstance(strategy, dict):

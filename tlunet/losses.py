@@ -7,6 +7,8 @@ All take y_true as (…, 1) binary/label maps or one-hot (…, K), and y_pred as
 import keras
 from keras import ops
 
+from tlunet._suggest import did_you_mean
+
 
 def _probabilities_and_targets(y_true, y_pred, from_logits):
     y_pred = ops.cast(y_pred, "float32")
@@ -133,4 +135,7 @@ def get_loss(name, **kwargs):
     try:
         return keras.losses.get(name)
     except ValueError as e:
-        raise ValueError(f"Unknown loss {name!r}. tlunet losses: {list(LOSSES)}, or a Keras loss name.") from e
+        # Suggest from Keras' snake_case names too: `binary_crossentopy` is as likely a slip as `bce_dcie`.
+        keras_names = [n for n in dir(keras.losses) if n.islower() and n not in ("get", "serialize", "deserialize")]
+        raise ValueError(f"Unknown loss {name!r}{did_you_mean(name, [*LOSSES, *keras_names])}. tlunet losses: "
+                         f"{list(LOSSES)}, or a Keras loss name.") from e

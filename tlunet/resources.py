@@ -11,6 +11,8 @@ import re
 
 import yaml
 
+from tlunet._suggest import did_you_mean
+
 SAMPLE_PREFIX = "sample:"
 
 
@@ -52,7 +54,11 @@ def find_config(name_or_path):
         config = _folder("tlunet.experiments") / name_or_path / "config.yaml"
         if config.is_file():
             return os.fspath(config)
-    raise ConfigError(f"No experiment {name_or_path!r}: not a config file, nor one of {sorted(list_experiments())} "
+    known = sorted(list_experiments())
+    # A path (with a separator or .yaml) is a missing file, not a misspelt experiment name.
+    is_path = os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+    hint = "" if is_path else did_you_mean(name_or_path, known)
+    raise ConfigError(f"No experiment {name_or_path!r}{hint}: not a config file, nor one of {known} "
                       "(`tlunet experiment --list` describes them)")
 
 
@@ -84,5 +90,6 @@ def sample_path(name):
     """
     name = name[len(SAMPLE_PREFIX):] if name.startswith(SAMPLE_PREFIX) else name
     if name not in list_samples():
-        raise ConfigError(f"No bundled sample {name!r}; tlunet ships {list_samples()}")
+        raise ConfigError(f"No bundled sample {name!r}{did_you_mean(name, list_samples())}; tlunet ships "
+                          f"{list_samples()}")
     return os.fspath(_folder("tlunet.sample_data") / name)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, replace
 
 import tensorflow as tf
 
+from tlunet._suggest import did_you_mean, did_you_mean_keys
+
 FILL_MODES = ("constant", "nearest", "reflect")
 
 
@@ -81,14 +83,16 @@ def get_augment_config(augment):
         return augment
     if isinstance(augment, str):
         if augment not in AUGMENT_PRESETS:
-            raise ValueError(f"Unknown augmentation preset {augment!r}. Valid: {list(AUGMENT_PRESETS)}")
+            raise ValueError(f"Unknown augmentation preset {augment!r}{did_you_mean(augment, AUGMENT_PRESETS)}. "
+                             f"Valid: {list(AUGMENT_PRESETS)}")
         return AUGMENT_PRESETS[augment]
     if isinstance(augment, dict):
         base = get_augment_config(augment.get("preset", "none"))
         fields = {k: v for k, v in augment.items() if k != "preset"}
-        unknown = set(fields) - set(asdict(base))
+        unknown = sorted(set(fields) - set(asdict(base)))
         if unknown:
-            raise ValueError(f"Unknown augmentation options {sorted(unknown)}. Valid: {sorted(asdict(base))}")
+            raise ValueError(f"Unknown augmentation options {unknown}{did_you_mean_keys(unknown, asdict(base))}. "
+                             f"Valid: {sorted(asdict(base))}")
         return replace(base, **fields)
     raise ValueError(f"`augment` must be None, a preset name, a dict or AugmentConfig. Received: {augment!r}")
 

@@ -4,6 +4,7 @@ import os
 import numpy as np
 from PIL import Image, ImageSequence
 
+from tlunet._suggest import did_you_mean, did_you_mean_parent
 from tlunet.data.io import IMAGE_SUFFIXES, DataError
 from tlunet.data.pipeline import SegmentationSet
 
@@ -38,6 +39,22 @@ def list_files(folder, suffixes):
     return names
 
 
+def _check_pair_folders(root, images, masks, layout):
+    """DataError naming the folder the user gave and, in one line, the layout expected there, when
+    either sub-folder is missing; pointing at the parent when `root` is evidently the images (or
+    masks) folder itself (`--data my_data/images` used to say `my_data/images/images: not found`)."""
+    missing = [d for d in (images, masks) if not os.path.isdir(os.path.join(root, d))]
+    if not missing:
+        return
+    if not os.path.isdir(root):
+        problem = "is a file, not a folder" if os.path.exists(root) else "folder not found"
+    else:
+        problem = f"no {' or '.join(d + '/' for d in missing)} folder"
+    named = f" (layout {layout})" if layout else ""
+    raise DataError(f"{root}: {problem}; expected {os.path.join(root, images)}/ and {os.path.join(root, masks)}/ "
+                    f"with matching file names{named}{did_you_mean_parent(root, (images, masks), (images, masks))}")
+
+
 def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classes=None):
     """Images and masks in two folders, matched by file stem (`images/12.jpg` <-> `masks/12.png`).
 
@@ -54,10 +71,12 @@ def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classe
             with the same stem.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"Unknown layout {layout!r}. Valid: {list(LAYOUTS)}")
+        raise ValueError(f"Unknown layout {layout!r}{did_you_mean(layout, LAYOUTS)}. Valid: {list(LAYOUTS)}")
     default_images, default_masks, default_classes = LAYOUTS[layout]
-    image_dir = os.path.join(root, image_dir or default_images)
-    mask_dir = os.path.join(root, mask_dir or default_masks)
+    named = None if image_dir or mask_dir else layout  # folder names overridden: no layout to name
+    image_dir, mask_dir = image_dir or default_images, mask_dir or default_masks
+    _check_pair_folders(root, image_dir, mask_dir, named)
+    image_dir, mask_dir = os.path.join(root, image_dir), os.path.join(root, mask_dir)
     num_classes = num_classes or default_classes
 
     def by_stem(folder):

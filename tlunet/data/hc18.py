@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage import draw
 
+from tlunet._suggest import did_you_mean_parent
 from tlunet.biometry import fit_ellipse
 from tlunet.data.io import (IMAGE_SUFFIXES, DataError, check_plain_name, check_row_fields, positive_number,
                             read_image, read_mask)
@@ -42,6 +43,12 @@ def subject_of(filename):
     return m.group(1)
 
 
+def _expected_layout(root):
+    # One line of what find_hc18 reads, so a wrong folder is fixed without opening the docs.
+    return (f"expected the official HC18 layout: {os.path.join(root, 'training_set')}/ (NNN_HC.png images and "
+            f"NNN_HC_Annotation.png outlines) and {os.path.join(root, CSV_NAME)}")
+
+
 def find_hc18(root):
     """Lists the HC18 records under `root` (the folder holding `training_set/` and the CSV).
 
@@ -58,9 +65,11 @@ def find_hc18(root):
     csv_path = os.path.join(root, CSV_NAME)
     folder = os.path.join(root, "training_set")
     if not os.path.isdir(folder):
-        raise DataError(f"{root}: no training_set/ folder (expected the official HC18 layout)")
+        problem = "no training_set/ folder" if os.path.isdir(root) else "folder not found"
+        raise DataError(f"{root}: {problem}; {_expected_layout(root)}"
+                        f"{did_you_mean_parent(root, ('training_set',), ('training_set', CSV_NAME))}")
     if not os.path.isfile(csv_path):
-        raise DataError(f"{csv_path}: file not found (pixel sizes and HC come from it)")
+        raise DataError(f"{csv_path}: file not found (pixel sizes and HC come from it); {_expected_layout(root)}")
     records, line_of = [], {}
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)

@@ -3,6 +3,7 @@
 import inspect
 from dataclasses import dataclass
 
+from tlunet._suggest import did_you_mean, did_you_mean_keys
 from tlunet.encoders import get_encoder_spec
 from tlunet.models.classifier import seg_to_classifier, segmentation_branch
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
@@ -86,7 +87,8 @@ def list_models():
 def get_model_info(name):
     """Returns the `ModelInfo` of `name`; ValueError listing valid names if unknown."""
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}. Valid models: {list_models()}. Received: name={name!r}")
+        raise ValueError(f"Unknown model {name!r}{did_you_mean(name, list_models())}. Valid models: {list_models()}. "
+                         f"Received: name={name!r}")
     return _REGISTRY[name]
 
 
@@ -140,7 +142,8 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
     allowed = [p for p in params if p not in ("input_shape", "classes")]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"{name} does not take {unknown}. Valid options: {allowed}.")
+        raise ValueError(f"{name} does not take {unknown}{did_you_mean_keys(unknown, allowed)}. "
+                         f"Valid options: {allowed}.")
     if info.pretrained_encoder:
         kwargs["encoder_weights"] = encoder_weights
     elif encoder_weights is not None:

@@ -11,6 +11,7 @@ import os
 import yaml
 
 import tlunet
+from tlunet._suggest import did_you_mean_keys
 from tlunet.finetune import get_strategy
 from tlunet.train import DISTRIBUTE, check_lr_schedule, get_distribution_strategy
 from tlunet.resources import SAMPLE_PREFIX, ConfigError, sample_path
@@ -55,13 +56,15 @@ def check_keys(cfg, path, top_keys, sections):
     valid = COMMON_KEYS | set(top_keys)
     unknown = sorted(set(cfg) - valid)
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(k for k in valid if k[0] != '_')}")
+        shown = sorted(k for k in valid if k[0] != '_')  # internal keys are neither listed nor suggested
+        raise ConfigError(f"{path}: unknown keys {unknown}{did_you_mean_keys(unknown, shown)}; valid: {shown}")
     for where, (section, allowed) in sections.items():
         if not isinstance(section, dict):
             raise ConfigError(f"{path}: `{where}` must be a mapping of keys, not {type(section).__name__}")
         extra = sorted(set(section) - set(allowed))
         if extra:
-            raise ConfigError(f"{path}: unknown {where} keys {extra}; valid: {sorted(allowed)}")
+            raise ConfigError(f"{path}: unknown {where} keys {extra}{did_you_mean_keys(extra, allowed)}; "
+                              f"valid: {sorted(allowed)}")
     if not cfg.get("name"):
         raise ConfigError(f"{path}: missing `name`")
     check_folder_name(path, "name", cfg["name"])
@@ -112,7 +115,8 @@ def check_model(mcfg, path, where):
                           f"encoder_weights must be null. Received: {mcfg['encoder_weights']!r}")
     unknown = sorted(set(mcfg) - allowed - {"name", "encoder_weights"})
     if unknown:
-        raise ConfigError(f"{path}: unknown {where} keys {unknown} for {mcfg['name']}; valid: {sorted(allowed)}")
+        hint = did_you_mean_keys(unknown, allowed | {"encoder_weights"})  # `encoder_weigths` is a common slip
+        raise ConfigError(f"{path}: unknown {where} keys {unknown}{hint} for {mcfg['name']}; valid: {sorted(allowed)}")
 
 
 def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), optional_ints=()):
