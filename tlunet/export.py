@@ -12,8 +12,8 @@ import dataclasses
 import importlib.util
 import numbers
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 
 import keras
@@ -37,6 +37,12 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     - `serve_model(images)`: the Keras model itself on float32 [0, 1] input at its own size (what
       `model.export()` gives; no resizing and no range check).
 
+    Channels. `serve` and `serve_float` take the model's channel count, and for a one-channel
+    (grey) model also RGB images, converted to grey as `tlunet predict` reads an RGB file (PIL's
+    ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B) / 65536, rounded for uint8), and for a
+    three-channel model also grey images, repeated to RGB. Other channel counts (RGBA, ...) fail
+    inside the graph with InvalidArgumentError naming the channels the model takes.
+
     Input dtypes. Called from Python on the loaded SavedModel (`tf.saved_model.load(path).serve(x)`)
     a NumPy array or tensor goes to the uint8 or the float32 version of `serve` by its dtype; any
     other dtype (float64, int32, ...) is refused with a ValueError ("Could not find matching
@@ -51,7 +57,9 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     uint8, or use `serve_float`, where a uint8 image becomes 0-255 floats and fails the check.
 
     The directory is written under a temporary name and renamed when complete, so an interrupted
-    export never leaves something that looks like a finished SavedModel.
+    export never leaves something that looks like a finished SavedModel. Its folders and files get
+    the permissions `os.makedirs` and `open` give (the umask's), so a server running as another
+    user can read them where the umask allows it.
 
     Args:
         model: a Keras model taking float images in [0, 1].
@@ -88,8 +96,8 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
         raise ValueError(f"{model.name!r} accepts any input size; pass size=(H, W) to export it "
                          f"(each a multiple of its encoder's reduction). Received: size={size}")
 
-    def spec(dtype):
-        return tf.TensorSpec([None, None, None, channels], dtype, name="images")
+    def spec(dtype):  # any channel count: `_model_channels` converts or refuses it in the graph
+        return tf.TensorSpec([None, None, None, None], dtype, name="images")
 
     def at_input_size(x):
         original = tf.shape(x)[1:3]
@@ -106,8 +114,8 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     @tf.function
     def serve(images):
         if images.dtype == tf.uint8:
-            return at_input_size(tf.cast(images, tf.float32) / 255.0)
-        return at_input_size(_unit_range(images))
+            return at_input_size(tf.cast(_model_channels(images, channels), tf.float32) / 255.0)
+        return at_input_size(_model_channels(_unit_range(images), channels))
 
     # The uint8 trace first: it is the endpoint's signature (and serving_default), as before.
     serve.get_concrete_function(spec(tf.uint8))
@@ -128,7 +136,7 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     archive.add_endpoint("serve_model", serve_model)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    tmp = _new_temporary(parent, directory=True)
     try:
         archive.write_out(tmp, verbose=False)
         os.replace(tmp, path)
@@ -179,6 +187,59 @@ def keep_largest_region(probs, threshold=0.5):
     region = tf.cast(labels == best[:, None, None], probs.dtype)[..., None]
     near = tf.nn.max_pool2d(region, 3, 1, "SAME")
     return tf.where(tf.reduce_any(fg, [1, 2])[:, None, None, None], probs * near, probs)
+
+
+def _model_channels(images, channels):
+    """`images` (N, H, W, any channels; uint8 or float32) with the `channels` a model takes: RGB to
+    grey for a one-channel model (PIL's `convert("L")` luma, as `tlunet predict` reads an RGB file),
+    grey repeated to RGB for a three-channel model, unchanged when they already match. Any other
+    channel count fails inside the graph (InvalidArgumentError) with a message naming the
+    channels the model takes. Float images are expected in [0, 1]."""
+    other = {1: 3, 3: 1}.get(channels)
+    takes = {1: "1 (grey) or 3 (RGB, converted to grey)",
+             3: "3 (RGB) or 1 (grey, repeated to RGB)"}.get(channels, str(channels))
+    found = tf.shape(images)[-1]
+    ok = (found == channels) | (found == other) if other else found == channels
+    check = tf.debugging.Assert(ok, [tf.strings.format(
+        "serve: images have {} channels; this model takes " + takes, [found])])
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
+    if other is not None:
+        convert = (lambda: _grey(images)) if channels == 1 else (lambda: tf.tile(images, [1, 1, 1, 3]))
+        images = tf.cond(found == channels, lambda: images, convert)
+    return tf.ensure_shape(images, [None, None, None, channels])
+
+
+def _grey(images):
+    """(N, H, W, 3) RGB -> (N, H, W, 1) grey by PIL's `convert("L")` (ITU-R 601-2 luma in 16-bit
+    fixed point, rounded), so a uint8 image gives the very values `read_image(..., channels=1)`
+    reads from the same RGB file; float32 images take the same weights, unrounded."""
+    weights = [19595, 38470, 7471]  # / 65536: PIL's 0.299, 0.587, 0.114
+    if images.dtype == tf.uint8:
+        luma = tf.reduce_sum(tf.cast(images, tf.int32) * weights, -1, keepdims=True)
+        return tf.cast(tf.bitwise.right_shift(luma + 0x8000, 16), tf.uint8)
+    luma = tf.reduce_sum(images * tf.constant(weights, tf.float32), -1, keepdims=True) / 65536.0
+    return tf.minimum(luma, 1.0)  # the weights sum to 1; rounding must not leave [0, 1]
+
+
+def _new_temporary(parent, suffix="", directory=False):
+    """Creates and returns a new hidden `.export-<random><suffix>` file (or folder) in `parent`.
+
+    Made with a plain `os.open(..., 0o666)` / `os.mkdir` rather than `tempfile`, whose files are
+    0600 and folders 0700 whatever the umask, so once renamed into place the export has the
+    permissions the umask (and any default ACL) gives any other new file: a server running as
+    another user can read it where they allow it."""
+    for _ in range(100):
+        tmp = os.path.join(parent, f".export-{secrets.token_hex(6)}{suffix}")
+        try:
+            if directory:
+                os.mkdir(tmp)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name for an export")
 
 
 def _unit_range(images):
@@ -288,8 +349,7 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=suffix, dir=parent)
-    os.close(fd)
+    tmp = _new_temporary(parent, suffix=suffix)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx patch probes np.object

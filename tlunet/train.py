@@ -210,6 +210,7 @@ def _fsync(path):
 def atomic_write(path, write, needed=0):
     """Writes `path` through `write(tmp_path)` into a temporary name beside it, fsyncs, and renames it
     into place, so `path` is always either the old file or the complete new one — never half of one.
+    The file gets the permissions `open` gives a new file (the umask's), whatever the old one had.
 
     Args:
         needed: bytes the file will take about; a disk with less free space gives an `OSError`
@@ -230,6 +231,10 @@ def atomic_write(path, write, needed=0):
         raise OSError(errno.ENOSPC, f"{folder}: not enough free disk space to write {os.path.basename(path)} "
                       f"({free / 2**20:.1f} MiB free, about {1.5 * needed / 2**20:.1f} MiB needed)")
     try:
+        # A leftover of a killed write would keep its old mode through `write` (open and h5py
+        # truncate, keeping permissions): a new file gets what `open` gives under the umask.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
@@ -251,16 +256,36 @@ def _free_bytes(folder):
     return shutil.disk_usage(folder).free
 
 
-def _weights_bytes(model):
-    """About what a weights file of `model` takes, with its optimizer's slots."""
-    optimizer = getattr(model, "optimizer", None)
-    variables = list(model.weights) + (list(optimizer.variables) if optimizer is not None else [])
+def _weights_bytes(model, optimizer=True):
+    """About how many bytes a weights file of `model` takes: its weights, plus (with `optimizer`)
+    its optimizer's variables."""
+    opt = getattr(model, "optimizer", None) if optimizer else None
+    variables = list(model.weights) + (list(opt.variables) if opt is not None else [])
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
 
 def save_model(model, path):
-    """`model.save(path)` written atomically (`atomic_write`), with a named error on a full disk."""
-    return atomic_write(path, model.save, needed=_weights_bytes(model))
+    """Writes `model` to a `.keras` file atomically (`atomic_write`; a named error on a full disk),
+    compiled (its optimizer's, loss's and metrics' config) but without the optimizer's state: the
+    file is the deliverable, to predict, evaluate or fine-tune from, and the optimizer's slots
+    would double or triple its size. `keras.models.load_model` gives it back compiled, with a fresh
+    optimizer of the same config. Resumable state (optimizer included) is `RunCheckpoint`'s.
+
+    Returns:
+        `path`.
+    """
+    def write(tmp):
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is None or not optimizer.built:  # no state to leave out
+            return model.save(tmp)
+        # Keras saves the variables of whatever `model.optimizer` holds, so an unbuilt optimizer of
+        # the same config stands in while saving: what a model saved before training holds.
+        model.optimizer = optimizer.__class__.from_config(optimizer.get_config())
+        try:
+            model.save(tmp)
+        finally:
+            model.optimizer = optimizer
+    return atomic_write(path, write, needed=_weights_bytes(model, optimizer=False))
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -276,8 +301,9 @@ class RunCheckpoint(keras.callbacks.Callback):
       last, so it only ever names complete files.
     - `history.csv`: one row per finished epoch, rewritten from the state — never a duplicated or
       missing epoch after a crash.
-    - `best.keras` (+ `backup/best.weights.h5`): the model of the best epoch by `monitor`; a resumed
-      run keeps comparing against the best before the crash.
+    - `best.keras` (+ `backup/best.weights.h5`): the model of the best epoch by `monitor`, written by
+      `save_model` (compiled, without the optimizer's state); a resumed run keeps comparing against
+      the best before the crash.
 
     A weights file that cannot be read on resume (disk trouble) falls back to the previous epoch's,
     with a warning naming it. With `patience`, training stops after that many epochs without
