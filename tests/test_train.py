@@ -376,3 +376,24 @@ def test_precise_bn_that_fails_midway_leaves_the_statistics_it_found():
     assert inner.momentum == 0.99
     with pytest.raises(ValueError, match="the dataset has no batches"):
         precise_bn(model, tf.data.Dataset.from_tensor_slices(np.ones((0, 4, 4, 2), "float32")).batch(4))
+
+
+def test_fit_ends_with_the_batch_statistics_of_its_final_weights(tmp_path):
+    """A short fit would otherwise predict with Keras' lagging running averages (momentum 0.99)."""
+    import tensorflow as tf
+    x = np.random.default_rng(0).normal(5.0, 2.0, (12, 4, 4, 2)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[..., :1] > 5)).batch(4)
+    means = {}
+    for recompute in (True, False):
+        keras.utils.set_random_seed(0)
+        model, _ = _bn_model()
+        model = keras.Model(model.input, keras.layers.Conv2D(1, 1, activation="sigmoid", name="head")(model.output))
+        compile_model(model, loss="bce", learning_rate=1e-2)
+        fit(model, data, run_dir=str(tmp_path / str(recompute)), epochs=2, verbose=0, recompute_bn=recompute)
+        inner = model.get_layer("inner").get_layer("bn_inner")
+        means[recompute] = inner.moving_mean.numpy().copy()
+        if recompute:
+            precise_bn(model, data)  # recomputing again changes nothing: fit already did
+            np.testing.assert_allclose(inner.moving_mean.numpy(), means[True], rtol=1e-5, atol=1e-5)
+    # six updates at momentum 0.99 leave the running mean near its initial 0; the batches' mean is near 5x the kernel
+    assert np.abs(means[True] - means[False]).max() > 0.5

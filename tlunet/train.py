@@ -477,7 +477,8 @@ class _DataEpoch(keras.callbacks.Callback):
 
 
 def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience=None,
-        tensorboard=False, callbacks=None, verbose="auto", lr_schedule=None, data_epoch=0):
+        tensorboard=False, callbacks=None, verbose="auto", lr_schedule=None, data_epoch=0,
+        recompute_bn=True, bn_data=None):
     """`model.fit` with best checkpoint, CSV history, early stopping, optional TensorBoard, and
     resume-from-last-epoch. The model must be compiled.
 
@@ -501,6 +502,12 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
             resumed run replays the uninterrupted run's batches; `run_stages` gives each stage its
             own passes. A tf.data dataset of your own restarts its shuffling on a resume, as in
             Keras.
+        recompute_bn: after training, set the BatchNorm moving statistics to the average batch
+            statistics of the final weights (`precise_bn`). Keras' moving averages (momentum 0.99)
+            lag the weights after a few hundred steps, so a short run would predict with
+            statistics of its early epochs. Skipped (with a warning) under a distribution strategy.
+        bn_data: the batches `precise_bn` averages over (default: `train_ds`); best without
+            augmentation, shuffled, at the training batch size.
 
     Returns:
         dict of lists: the history of all epochs of the run so far (read back from history.csv).
@@ -524,6 +531,11 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
         callbacks.append(_DataEpoch(clock, data_epoch))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
               callbacks=_callbacks(run_dir, monitor, mode, patience, tensorboard, callbacks))
+    if recompute_bn and tf.distribute.has_strategy():
+        warnings.warn("fit: BatchNorm moving statistics are not recomputed under a distribution strategy; the model "
+                      "keeps Keras' running averages (pass recompute_bn=False to silence this)", stacklevel=2)
+    elif recompute_bn:
+        precise_bn(model, train_ds if bn_data is None else bn_data)
     return read_history(os.path.join(run_dir, "history.csv"))
 
 
@@ -645,7 +657,7 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
             continue
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
-        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
+        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"], recompute_bn=False,
                       lr_schedule=stage.get("lr_schedule", lr_schedule), data_epoch=data_epoch, **fit_kwargs)
         if bn_data is not None:  # this stage's trainable BatchNorm layers, under its final weights
             precise_bn(model, bn_data)

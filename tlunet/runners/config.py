@@ -197,6 +197,20 @@ def check_split_sizes(cfg, splits, subjects, where="data.split", validation=True
                                   f"cases{fold}; give that part a larger fraction, or use more data")
 
 
+def resolve_precise_bn(cfg):
+    """`precise_bn: null` (the default) in `training` and in the pretrain block's training becomes
+    true, or false where it cannot apply: under `distribute` (it recomputes in one process) or with
+    `batchnorm: freeze` (no BatchNorm layer trains). A run's config.yaml records the resolved value."""
+    def wanted(t):
+        return t.get("precise_bn") if t.get("precise_bn") is not None else \
+            (not t.get("distribute") and t.get("batchnorm") != "freeze")
+    if isinstance(cfg.get("pretrain"), dict):  # first: it inherits the main block's unresolved value
+        source = cfg["pretrain"].setdefault("training", {})
+        if isinstance(source, dict):
+            source["precise_bn"] = wanted(merge(cfg["training"], source))
+    cfg["training"]["precise_bn"] = wanted(cfg["training"])
+
+
 def check_precise_bn(path, cfg):
     """`training.precise_bn` (and the pretrain block's): true or false; not with `distribute` or with
     `batchnorm: freeze`. (Runs of several stages recompute the statistics at the end of each stage.)"""

@@ -28,12 +28,12 @@ from tlunet.inference import EVALUATION_DEFAULTS, IMAGE_TTA, predict_images
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import SAMPLE_PREFIX, ConfigError
-from tlunet.runners.config import (check_precise_bn, apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
+from tlunet.runners.config import (check_precise_bn, resolve_precise_bn, apply_profile, check_split_sizes, distribution_scope, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds, check_size,
                                    check_split, merge,
                                    resolve_path, skip_message, stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, mean_sd, merged_history,
                                     open_experiment, read_done, start_run, summary_row, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, fit, precise_bn, run_stages, save_model, weights_digest
+from tlunet.train import compile_model, fit, run_stages, save_model, weights_digest
 from tlunet.transfer import transfer_weights
 
 DEFAULTS = {
@@ -45,7 +45,7 @@ DEFAULTS = {
     "training": {"epochs": 10, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice",
                  "patience": None, "mixed_precision": None, "jit_compile": False, "batchnorm": "follow",
                  "optimizer": "adam", "lr_schedule": None, "tensorboard": False, "distribute": None,
-                 "gradient_accumulation": 1, "precise_bn": False},
+                 "gradient_accumulation": 1, "precise_bn": None},
     "sweep": {"fractions": [1.0], "folds": None, "seeds": None},
     "evaluation": {**EVALUATION_DEFAULTS, "ensemble": False},
     "runs": [],
@@ -86,6 +86,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
     check_size(path, "data.image_size", cfg["data"]["image_size"], 2)
     check_split(path, "data.split", cfg["data"]["split"])
     check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
+    resolve_precise_bn(cfg)
     check_precise_bn(path, cfg)
     folds, fractions = cfg["sweep"]["folds"], cfg["sweep"]["fractions"]
     if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
@@ -99,7 +100,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
         if "kind" in d and d["kind"] not in DATA_KINDS:
             raise ConfigError(f"{path}: {block}.kind {d['kind']!r} is not one of {sorted(DATA_KINDS)}")
     for block, d in data_blocks(cfg).items():
-        if d["kind"] in ("hc18", "pairs") and "root" not in d:
+        if d["kind"] in FOLDER_KINDS and "root" not in d:
             raise ConfigError(f"{path}: {block}.root is missing: kind {d['kind']} reads a folder "
                               f"(pass --data FOLDER or --set {block}.root=FOLDER)")
     for run in cfg["runs"]:
@@ -138,6 +139,7 @@ def _data_lung_us_phantom(cfg, d):
 
 
 DATA_KINDS = {"hc18": _data_hc18, "pairs": _data_pairs, "lung_us_phantom": _data_lung_us_phantom}
+FOLDER_KINDS = ("hc18", "pairs")  # the kinds that read a data folder (`tlunet train --kind`)
 
 
 def load_data(cfg, d):
@@ -156,6 +158,20 @@ def load_data(cfg, d):
     else:
         images, masks = load_arrays(data, size, channels=d["channels"])
     return images, masks, data.meta, groups, source
+
+
+def run_split(saved, groups):
+    """{"train", "val", "test": case indices} of the run whose config.yaml is `saved`, over cases
+    loaded by its data block (`groups` their subjects): the split `run` drew for its fold, the
+    training part cut to its fraction as `run` cut it."""
+    sweep = saved.get("sweep") or {}
+    train, val, test = experiment_splits(len(groups), saved["data"]["split"], saved.get("seed", 0), groups,
+                                         sweep.get("folds"))[saved.get("fold") or 0]
+    fraction = saved.get("fraction", 1.0) or 1.0
+    if fraction < 1:  # `run` draws the fraction with the repeat's seed, or the config's without repeats
+        seed = saved.get("run_seed", 0) if sweep.get("seeds") else saved.get("seed", 0)
+        train = fraction_indices(train, fraction, seed=seed, groups=groups)
+    return {"train": list(train), "val": list(val), "test": list(test)}
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -230,9 +246,9 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                           make_dataset(images[val_idx], masks[val_idx], t["batch_size"], shuffle=False),
                           run_dir=os.path.join(exp_dir, "pretrain"), epochs=t["epochs"], verbose=verbose,
                           lr_schedule=t.get("lr_schedule"), tensorboard=t["tensorboard"],
-                          callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))])
-            if t["precise_bn"]:
-                precise_bn(model, make_dataset(images[train_idx], masks[train_idx], t["batch_size"], seed=cfg["seed"]))
+                          callbacks=[EpochProgress("source (pre-training)", t["epochs"], disable=bool(verbose))],
+                          recompute_bn=t["precise_bn"],
+                          bn_data=make_dataset(images[train_idx], masks[train_idx], t["batch_size"], seed=cfg["seed"]))
         return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1],
                        "name": p["data"].get("layout") or p["data"]["kind"]}
@@ -254,7 +270,7 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     seeds = cfg["sweep"]["seeds"] or [None]
     total = len(ready) * len(cfg["sweep"]["fractions"]) * len(splits) * len(seeds)
     log(f"[{cfg['name']}] profile {cfg['profile']}: {source}, {len(images)} images of {len(set(groups))} subjects at "
-        f"{'x'.join(map(str, cfg['data']['image_size']))}; split by subject: {len(splits[0][0])} train / "
+        f"{'x'.join(map(str, cfg['data']['image_size']))}, {_channels_text(cfg['data']['channels'])}; split by subject: {len(splits[0][0])} train / "
         f"{len(splits[0][1])} validation / {len(splits[0][2])} test{' (fold 0)' if len(splits) > 1 else ''}; "
         f"{total} training run{'s' * (total > 1)}")
     source_model = pretrain(cfg, exp_dir, verbose, log)[0] if "pretrain" in cfg else None
@@ -297,6 +313,10 @@ def run(cfg, out_dir="results", verbose=0, log=print):
     _write_summary(cfg, exp_dir, summary, source, log, skipped)
     log(f"[{cfg['name']}] wrote {os.path.join(exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
     return summary
+
+
+def _channels_text(channels):
+    return {1: "1 channel (grey)", 3: "3 channels (RGB)"}.get(channels, f"{channels} channels")
 
 
 def _train_and_evaluate(cfg, spec, name, run_dir, label, weights, weights_note, source_model, train, val, test,

@@ -8,6 +8,7 @@ when the experiment is started again). results/<experiment>/summary.{md,csv} gat
 
 import atexit
 import contextlib
+import copy
 import csv
 import fcntl
 import json
@@ -124,11 +125,19 @@ def _flat(value, prefix=""):
     return {prefix[:-1]: value}
 
 
+# Settings whose default changed: a run's config.yaml without the key was made with the old value.
+# (training.precise_bn: runs made before the key existed kept Keras' running BatchNorm averages.)
+FORMER_DEFAULTS = {"training": {"precise_bn": False}}
+
+
 def _with_defaults(saved, defaults, keys):
     """`saved` (settings a run or source was made with) at `keys`, a key it lacks read as its value in
     `defaults`, recursively: a setting added to tlunet after it was made, whose default is what
-    tlunet did before."""
-    defaults = defaults or {}
+    tlunet did before (`FORMER_DEFAULTS` where the default has changed since)."""
+    defaults = copy.deepcopy(defaults or {})
+    for section, former in FORMER_DEFAULTS.items():
+        if isinstance(defaults.get(section), dict):
+            defaults[section].update({k: v for k, v in former.items() if k in defaults[section]})
     return {k: merge(defaults[k], saved[k]) if isinstance(defaults.get(k), dict) and isinstance(saved.get(k), dict)
             else saved.get(k, defaults.get(k)) for k in keys}
 

@@ -18,13 +18,13 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import learning_curves, overlays
 from tlunet.progress import EpochProgress
 from tlunet.resources import ConfigError
-from tlunet.runners.config import (check_precise_bn, check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds,
+from tlunet.runners.config import (check_precise_bn, resolve_precise_bn, check_split_sizes, distribution_scope, apply_profile, check_keys, data_blocks, check_numbers, check_pretrain, check_runs, check_seeds,
                                    check_size,
                                    check_split, merge, resolve_path, skip_message,
                                    stages)
 from tlunet.runners.results import (UNITS, paper_value, aggregate_folds, cached_source, finish_run, fmt, merged_history, open_experiment,
                                     read_done, start_run, summary_row, write_config, write_csv, write_tables)
-from tlunet.train import compile_model, fit, precise_bn, run_stages, save_model
+from tlunet.train import compile_model, fit, run_stages, save_model
 from tlunet.transfer import TRANSFER_METHODS
 
 DEFAULTS = {
@@ -37,7 +37,7 @@ DEFAULTS = {
                  "patches_per_volume": 4, "foreground_prob": 0.33, "augment": True, "patience": None,
                  "batchnorm": "follow", "optimizer": "adam", "mixed_precision": None, "jit_compile": False,
                  "lr_schedule": None, "tensorboard": False, "distribute": None,
-                 "gradient_accumulation": 1, "precise_bn": False},
+                 "gradient_accumulation": 1, "precise_bn": None},
     "inference": {"overlap": 0.5, "tta": False, "batch_size": 2, "nsd_tolerance_mm": 1.0},
     "sweep": {"folds": None, "train_on": "rest", "seeds": None},
     "runs": [],
@@ -59,6 +59,7 @@ def config_from_dict(raw, path, profile=None, overrides=None):
                   positive_numbers=("learning_rate",), optional_ints=("patience",))
     check_split(path, "data.split", cfg["data"]["split"])
     check_pretrain(cfg, path, DATA_KEYS, DEFAULTS["training"])
+    resolve_precise_bn(cfg)
     check_precise_bn(path, cfg)
     check_runs(cfg, path)
     for where, d in [("data", cfg["data"])] + ([("pretrain.data", merge(cfg["data"], cfg["pretrain"].get("data")))]
@@ -175,9 +176,9 @@ def pretrain(cfg, exp_dir, verbose=0, log=print):
                           _patches(p_cfg, p["data"], cases[:n_val], cfg["seed"] + 99, False),
                           run_dir=os.path.join(exp_dir, "pretrain"), epochs=p["training"]["epochs"], verbose=verbose,
                           lr_schedule=p["training"].get("lr_schedule"), tensorboard=p["training"]["tensorboard"],
-                          callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))])
-            if p["training"]["precise_bn"]:
-                precise_bn(model, _patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], False))
+                          callbacks=[EpochProgress("source (pre-training)", p["training"]["epochs"], disable=bool(verbose))],
+                          recompute_bn=p["training"]["precise_bn"],
+                          bn_data=_patches(p_cfg, p["data"], cases[n_val:], cfg["seed"], False))
         return model, {"source": desc, "epochs": len(history.get("loss", [])),
                        "val_dice": history.get("val_dice", [float("nan")])[-1]}
 
