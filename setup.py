@@ -29,9 +29,10 @@ setup(
     python_requires=">=3.10",
     # experiments/ and data/ (the papers' configs and the bundled samples) are installed inside the
     # package, so `tlunet experiment NAME` finds them after any kind of install (tlunet.resources).
-    packages=find_packages(include=["tlunet", "tlunet.*"]) + ["tlunet.experiments", "tlunet.sample_data"],
+    # tlunet_cli: the console script's parser, apart from tlunet so `tlunet --help` needs no TensorFlow.
+    packages=find_packages(include=["tlunet", "tlunet.*", "tlunet_cli"]) + ["tlunet.experiments", "tlunet.sample_data"],
     package_dir={"tlunet.experiments": "experiments", "tlunet.sample_data": "data"},
-    package_data={"tlunet.experiments": ["README.md", "*/config.yaml", "*/README.md"],
+    package_data={"tlunet_cli": ["catalog.json"], "tlunet.experiments": ["README.md", "*/config.yaml", "*/README.md"],
                   "tlunet.sample_data": ["README.md", "*/README.md", "*/*.csv", "*/*/*.png"]},
     install_requires=[
         # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is.
@@ -66,5 +67,5 @@ setup(
         # `tlunet export --format litert|onnx` (its ONNX tests skip without them; LiteRT falls back to tf.lite).
         "export": EXPORT,
     },
-    entry_points={"console_scripts": ["tlunet=tlunet.cli:main"]},
+    entry_points={"console_scripts": ["tlunet=tlunet_cli:main"]},
 )

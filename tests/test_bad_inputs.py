@@ -147,7 +147,7 @@ def test_rerunning_a_finished_run_with_other_settings_is_refused(tmp_path):
     again = run_experiment(config_from_dict(_cfg(), str(tmp_path / "c.yaml")), out_dir=out, log=lambda *a: None)
     assert again[0]["run"] == "all"  # the same settings: the finished run is reused
     logged = []
-    more = _cfg(runs=[{"name": "all", "strategy": "all"}, {"name": "frozen", "strategy": "frozen_encoder"}],
+    more = _cfg(runs=[{"name": "all", "strategy": "all"}, {"name": "frozen", "strategy": {"frozen": ["encoder"]}}],
                 training__tensorboard=True)
     rows = run_experiment(config_from_dict(more, str(tmp_path / "other" / "c.yaml")), out_dir=out, log=logged.append)
     assert [r["run"] for r in rows] == ["all", "frozen"]  # a run added, TensorBoard on: the finished one is kept

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 import tlunet
 from tlunet.cli import main
 
@@ -35,9 +37,11 @@ def test_strategies_writes_markdown_and_csv(tmp_path, capsys):
 
 
 def test_errors_are_one_line_not_tracebacks(capsys):
-    assert main(["strategies", "resnet_unet"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse checks the name against the catalog
+        main(["strategies", "resnet_unet"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "Unknown model 'resnet_unet'" in err and "mobilenetv2_unet" in err
+    assert "unknown model 'resnet_unet'" in err and "mobilenetv2_unet" in err
     assert "Traceback" not in err
     assert main(["strategies", "mobilenetv2_unet", "--strategies", "frozen_bottleneck"]) == 2
     assert "matches no layer" in capsys.readouterr().err
@@ -58,4 +62,4 @@ def test_evaluate_a_model_of_any_input_size_needs_a_size(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "free.keras"), "--data", str(tmp_path / "data")]) == 2
     assert "accepts any input size; pass --image-size H,W" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "free.keras"), "--data", str(tmp_path / "data"), "--image-size", "32,32"]) == 0
-    assert "3 images at 32x32" in capsys.readouterr().out
+    assert "all 3 images at 32x32" in capsys.readouterr().out

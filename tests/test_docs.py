@@ -85,7 +85,7 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 def test_version_is_written_once():
-    """tlunet/_version.py holds it; setup.py reads that file; the README's tagged install names it."""
+    """tlunet/_version.py holds it; setup.py and `tlunet --version` read that file."""
     text = (ROOT / "tlunet" / "_version.py").read_text()
     version = re.search(r'^__version__ = "([^"]+)"$', text, re.M).group(1)
     assert tlunet.__version__ == version
@@ -94,4 +94,5 @@ def test_version_is_written_once():
     assert "_version.py" in setup
     result = subprocess.run([sys.executable, "setup.py", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.strip().splitlines()[-1] == version, result.stderr
-    assert f"@v{version}" in (ROOT / "README.md").read_text(), "README's tagged-install example names another version"
+    assert f"tlunet {version}" == subprocess.run([sys.executable, "-c", "import tlunet_cli; print('tlunet', "
+                                                 "tlunet_cli.version())"], capture_output=True, text=True).stdout.strip()

@@ -189,7 +189,9 @@ def test_the_console_script_makes_an_ensemble_of_runs_that_exports_with_their_se
     done = _console("evaluate", tmp_path / "ens" / "model.keras", "--data", tlunet.sample_path("hc18_small"),
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "239 images at 32x64" in done.stdout and "adf_mm" in done.stdout and "flip test-time" in done.stdout
+    n_test = yaml.safe_load((tmp_path / "ens" / "config.yaml").read_text())["n_test"]
+    assert f"the {n_test} test cases of the run's split" in done.stdout and "at 32x64" in done.stdout
+    assert "adf_mm" in done.stdout and "flip test-time" in done.stdout
     image = np.asarray(tf.io.decode_png(tf.io.read_file(
         str(Path(tlunet.sample_path("hc18_small")) / "training_set" / "044_HC.png")), channels=1))
     served = tf.saved_model.load(str(tmp_path / "sm"))  # keep a reference: its variables live in it

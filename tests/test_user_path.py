@@ -45,7 +45,8 @@ def trained_run(tmp_path_factory):
         "model": {"name": "mobilenetv2_unet", "encoder_weights": None},
         "training": {"epochs": 1, "batch_size": 4},
         "evaluation": {"tta": "flip", "largest_component": True},
-        "runs": [{"name": "two_stage", "stages": [{"strategy": "decoder", "epochs": 1}, {"strategy": "all", "epochs": 1}]}],
+        "runs": [{"name": "two_stage", "stages": [{"strategy": {"trainable": ["decoder", "head"]}, "epochs": 1},
+                                                 {"strategy": "all", "epochs": 1}]}],
     }, str(tmp / "tiny.yaml"))
     run_experiment(cfg, out_dir=str(tmp / "results"), log=lambda *a: None)
     return tmp / "results" / "tiny_hc18" / "two_stage"
@@ -112,7 +113,7 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
     done = _console("evaluate", model_path, "--data", sample, "--csv", tmp_path / "m.csv",  # --kind hc18: the run's
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "239 images" in done.stdout and "adf_mm" in done.stdout and "dice_full" in done.stdout
+    assert "test cases of the run's split" in done.stdout and "adf_mm" in done.stdout and "dice_full" in done.stdout
     config = str(trained_run / "config.yaml")
     assert f"flip test-time augmentation (from {config})" in done.stdout
     assert f"the largest region only (from {config})" in done.stdout
@@ -122,7 +123,7 @@ def test_predict_and_evaluate_load_a_trained_model_in_a_fresh_process(trained_ru
         evaluated = {r["case"]: r for r in csv.DictReader(f)}
     with open(trained_run / "metrics.csv") as f:
         own = list(csv.DictReader(f))
-    assert own and all(r["case"] in evaluated for r in own)
+    assert own and {r["case"] for r in own} == set(evaluated)  # the run's test cases, no others
     for r in own:
         for k in ("dice", "adf_mm", "dice_full"):
             assert float(evaluated[r["case"]][k]) == pytest.approx(float(r[k]), abs=1e-4), (r["case"], k)
@@ -233,6 +234,11 @@ def test_readme_main_job_in_miniature_from_a_wheel_in_an_empty_folder(tmp_path):
         **os.environ, **env}, capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(target)), where
     exe = target / "bin" / "tlunet"
+    for argv, shown in ((["--version"], f"tlunet {tlunet.__version__}"), (["models"], "6,665,041"),
+                        (["experiment", "--list"], "wang2023_fetal_head")):  # answered from the wheel's catalog
+        answer = subprocess.run([str(exe), *argv], cwd=work, env={**os.environ, **env}, capture_output=True,
+                                text=True, timeout=60)
+        assert shown in answer.stdout, answer.stderr
     done = subprocess.run([str(exe), "experiment", "wang2023_fetal_head", "--quick", "--set", "training.epochs=1",
                            "--set", "data.limit=24", "--set", "data.image_size=[32,64]"], cwd=work,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=600)

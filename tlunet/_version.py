@@ -1,4 +1,4 @@
 """tlunet's version, in one place: setup.py reads this file (without importing tlunet, which imports
-TensorFlow) and `tlunet.__version__` imports it. Releases are tagged `v<version>` in git."""
+TensorFlow), as does `tlunet --version`; `tlunet.__version__` imports it."""
 
 __version__ = "0.1.0"

@@ -1,6 +1,5 @@
 """The `tlunet` command line."""
 
-import argparse
 import os
 import sys
 
@@ -9,27 +8,23 @@ import numpy as np
 import yaml
 
 import tlunet
+import tlunet_cli
+from tlunet_cli import MODEL_COLUMNS, print_table
 from tlunet._quiet import quiet_tensorflow
 from tlunet.export import export_savedmodel
 from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
 from tlunet.inference import EVALUATION_DEFAULTS
 from tlunet.predict import predict_folder, read_pixel_sizes
-from tlunet.resources import list_experiments
-from tlunet.runners import config_from_dict, load_config, parse_overrides, run_experiment
+from tlunet.runners import ConfigError, config_from_dict, load_config, parse_overrides, run_experiment
 from tlunet.runners.config import merge, with_weights_file
-from tlunet.runners.image import evaluate_cases, load_data
+from tlunet.resources import SAMPLE_PREFIX, sample_path
+from tlunet.runners.image import FOLDER_KINDS, evaluate_cases, load_data, run_split
 from tlunet.runners.results import FolderInUse, write_csv
 from tlunet.train import get_distribution_strategy, worker_role
 
 
-def _shape(text):
-    try:
-        return tuple(None if p.strip().lower() == "none" else int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes like 256,256,3, got {text!r}")
-
-
 def _cmd_models(args):
+    """The model table at --input-shape or with --classes (the default table comes from the catalog)."""
     rows = []
     for name in tlunet.list_models():
         info = tlunet.get_model_info(name)
@@ -41,10 +36,7 @@ def _cmd_models(args):
             continue
         rows.append((name, "x".join(map(str, shape)), f"{model.count_params():,}",
                      f"{trainable_params(model):,}", info.paper, info.description))
-    header = ("model", "input", "params", "trainable", "paper", "description")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for r in [header] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(MODEL_COLUMNS, rows)
     return 0
 
 
@@ -65,13 +57,6 @@ def _cmd_strategies(args):
 
 
 def _cmd_experiment(args):
-    if args.list or not args.name:
-        if not args.list:
-            print("tlunet experiment: name an experiment (or a config.yaml); these ship with tlunet:\n", file=sys.stderr)
-        for name, about in list_experiments().items():
-            print(f"{name:28s} {about}")
-        print("\nRun one with `tlunet experiment NAME --quick`; results go to ./results/NAME/.")
-        return 0 if args.list else 2
     overrides = {}
     if args.data:
         overrides["data"] = {"root": args.data if args.data == "download" else os.path.abspath(args.data)}
@@ -92,13 +77,39 @@ def _cmd_experiment(args):
     return 0
 
 
-def _cmd_train(args):
+# `tlunet train`'s flags and the config keys they set: errors name the flag the user typed.
+TRAIN_FLAGS = {"model.encoder_weights": "--encoder-weights", "model.name": "--model", "data.root": "--data",
+               "data.kind": "--kind", "data.layout": "--layout", "data.image_size": "--image-size",
+               "data.channels": "--channels", "data.split": "--holdout", "data.augment": "--augment",
+               "training.epochs": "--epochs", "training.batch_size": "--batch-size", "training.learning_rate": "--lr",
+               "training.loss": "--loss", "training.patience": "--patience", "training.lr_schedule": "--lr-schedule",
+               "training.distribute": "--distribute", "strategy: all": "--strategy all"}
+
+
+def _train_channels(args):
+    """--channels, with `auto` read from the data: 3 when its images have colour, else 1."""
+    if args.channels != "auto":
+        return args.channels, f"{args.channels} (--channels)"
+    if args.kind == "hc18":
+        return 1, "1 (HC18 scans are grey)"
+    from tlunet.data import find_pairs, image_channels
+
+    channels = image_channels(find_pairs(os.path.abspath(args.data), args.layout).images)
+    return channels, ("3 (the images have colour; --channels 1 trains on grey)" if channels == 3 else
+                      "1 (the images are grey)")
+
+
+def _train_config(args, channels):
+    """The config `tlunet train` runs; a mistake is a ValueError naming the flag (or the --set key)."""
+    weights = args.encoder_weights
+    if weights and weights not in ("imagenet",):
+        weights = os.path.abspath(weights)
     raw = {
         "name": args.name, "seed": args.seed, "deterministic": args.deterministic,
         "data": {"kind": args.kind, "root": os.path.abspath(args.data), "layout": args.layout,
-                 "image_size": list(args.image_size), "channels": args.channels,
+                 "image_size": list(args.image_size), "channels": channels,
                  "split": [1 - 2 * args.holdout, args.holdout, args.holdout], "augment": args.augment},
-        "model": {"name": args.model, "encoder_weights": args.encoder_weights},
+        "model": {"name": args.model, "encoder_weights": weights},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,
                      "jit_compile": args.xla, "tensorboard": args.tensorboard, "distribute": args.distribute,
@@ -107,7 +118,23 @@ def _cmd_train(args):
     }
     if args.kind != "pairs":
         raw["data"].pop("layout")
-    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"), overrides=parse_overrides(args.set))
+    try:
+        return config_from_dict(raw, "tlunet train", overrides=parse_overrides(args.set))
+    except ConfigError as e:
+        message = str(e).removeprefix("tlunet train: ")
+        for key, flag in TRAIN_FLAGS.items():
+            if not any(item.startswith(key + "=") for item in args.set or []):
+                message = message.replace(key, flag)
+        raise ValueError(message) from None
+
+
+def _cmd_train(args):
+    cfg = _train_config(args, 1)  # every flag checked before the data is read
+    channels, why = _train_channels(args)
+    if channels != 1:
+        cfg = _train_config(args, channels)
+    print(f"tlunet train: {args.model}, strategy {args.strategy}, from "
+          f"{'random weights' if not args.encoder_weights else args.encoder_weights}; channels {why}")
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     if worker_role(get_distribution_strategy(args.distribute))[0]:
         print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
@@ -123,6 +150,48 @@ def _load_model(path):
         raise ValueError(f"{path} is not a loadable .keras model ({type(e).__name__}: {e})") from e
 
 
+def _run_root(root):
+    """A run config's data.root as an absolute path (None when it cannot be told: a relative path)."""
+    if isinstance(root, str) and root.startswith(SAMPLE_PREFIX):
+        return sample_path(root)
+    return os.path.normpath(root) if isinstance(root, str) and os.path.isabs(root) else None
+
+
+def _evaluation_data(args, saved, size, channels):
+    """(data block to load, part of the run's split to score): the run's own data block and `--split`
+    (default test) when --data is the data of the run whose config.yaml is `saved`; else "all"."""
+    run_data = saved.get("data") if isinstance(saved, dict) and isinstance(saved.get("data"), dict) else {}
+    kind = args.kind or (run_data.get("kind") if run_data.get("kind") in FOLDER_KINDS else "pairs")
+    layout = args.layout or run_data.get("layout") or "generic"
+    root = os.path.abspath(args.data)
+    own = bool(run_data) and _run_root(run_data.get("root")) == root and kind == run_data.get("kind") and \
+        (kind != "pairs" or layout == (run_data.get("layout") or "generic"))
+    if args.split not in (None, "all") and not own:
+        raise ValueError(f"--split {args.split} scores part of the run's own split, but --data {args.data} is not "
+                         f"the run's data ({_beside(args.model)} has data.root {run_data.get('root')!r}); "
+                         "drop --split to score every image")
+    block = {"kind": kind, "root": root, "image_size": list(size), "channels": channels,
+             **({"limit": run_data.get("limit")} if own else {}), **({"layout": layout} if kind == "pairs" else {})}
+    return block, (args.split or "test") if own else "all"
+
+
+def _cases_to_score(args, saved, split, arrays, groups):
+    """The arrays cut to `split` of the run's split, and a phrase saying which cases they are."""
+    images, masks, meta = arrays
+    if split == "all":
+        note = " (not the run's data, so its split does not apply)" if saved else ""
+        return arrays, f"all {len(images)} images{note}"
+    chosen = run_split(saved, groups)[split]
+    recorded = saved.get(f"n_{split}")
+    if recorded is not None and recorded != len(chosen):
+        raise ValueError(f"--data {args.data} gives {len(chosen)} {split} cases of the run's split where the run "
+                         f"had {recorded}: the folder changed since the run. --split all scores every image")
+    fold = f", fold {saved['fold']}" if (saved.get("sweep") or {}).get("folds") else ""
+    return ((images[chosen], masks[chosen], [meta[i] for i in chosen]),
+            f"the {len(chosen)} {split} cases of the run's split ({len({groups[i] for i in chosen})} subjects{fold}; "
+            "--split test|val|train|all)")
+
+
 def _cmd_evaluate(args):
     settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
@@ -131,28 +200,18 @@ def _cmd_evaluate(args):
         h, w = args.image_size
     if h is None or w is None:
         raise ValueError(f"{args.model} accepts any input size; pass --image-size H,W (the size it was trained at)")
-    kind, layout = args.kind, args.layout
-    if kind is None or layout is None:  # a run's: its config's data kind and layout
-        saved = _run_config(args.model, "pass --kind and --layout")
-        data = (saved.get("data") if isinstance(saved, dict) else None) or {}
-        if kind is None:
-            kind = data.get("kind") if data.get("kind") in ("hc18", "pairs") else "pairs"
-        if layout is None:
-            layout = data.get("layout") or "generic"
-    raw = {"name": "evaluate", "data": {"kind": kind, "root": os.path.abspath(args.data),
-                                        "image_size": [h, w], "channels": channels},
-           "runs": [{"name": "evaluate"}]}
-    if kind == "pairs":
-        raw["data"]["layout"] = layout
-    cfg = config_from_dict(raw, os.path.join(os.getcwd(), "cli.yaml"))
-    images, masks, meta, _, source_data = load_data(cfg, cfg["data"])
+    saved = _run_config(args.model, "pass --kind and --layout")
+    block, split = _evaluation_data(args, saved, (h, w), channels)
+    cfg = config_from_dict({"name": "evaluate", "data": block, "runs": [{"name": "evaluate"}]}, "tlunet evaluate")
+    images, masks, meta, groups, source_data = load_data(cfg, cfg["data"])
+    (images, masks, meta), scored = _cases_to_score(args, saved, split, (images, masks, meta), groups)
     rows, _ = evaluate_cases(model, images, masks, meta, **settings)
     # HC18 scans with their full-size annotation get the challenge's measures (adf_mm is their HC error)
     keys = [k for k in ("dice", "miou", "pixel_accuracy", "df_mm", "adf_mm", "dice_full", "hausdorff_mm")
             if k in rows[0]]
     if "adf_mm" not in keys and "hc_abs_error_mm" in rows[0]:
         keys.append("hc_abs_error_mm")
-    print(f"{args.model} on {source_data} ({len(rows)} images at {h}x{w}; {_settings_used(settings, source)}):")
+    print(f"{args.model} on {source_data}: {scored} at {h}x{w}; {_settings_used(settings, source)}:")
     for k in keys:
         values = np.array([r[k] for r in rows], float)
         print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
@@ -285,7 +344,8 @@ def _cmd_export(args):
             built.append(f"keeps only the largest region of probabilities >= {settings['threshold']:g} (the rest read "
                          f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
         built = f" serve {' and '.join(built)}." if built else ""
-        print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size "
+        print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size, "
+              f"{'grey or RGB (RGB read as grey)' if model.input_shape[-1] == 1 else 'RGB or grey (grey repeated)'} "
               "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
               "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
               "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
@@ -313,152 +373,25 @@ def _cmd_export(args):
     return 0
 
 
-def _add_run_setting_flags(p):
-    """evaluate's and predict's --threshold, --tta, --largest-component: each defaults to the
-    `evaluation` section of the run's config.yaml when MODEL is a run's model.keras."""
-    p.add_argument("--threshold", type=float, help="foreground probability. Default: the evaluation.threshold of "
-                   "the run's config.yaml when MODEL is a run's model.keras, else 0.5")
-    p.add_argument("--tta", choices=["none", "flip"], help="flip: average each image's and its mirror's "
-                   "probabilities. Default: the run's evaluation.tta, else none")
-    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the largest connected region of each mask, at the scan's size (one head per "
-                        "scan). Default: the run's evaluation.largest_component, else off")
+COMMANDS = {"models": _cmd_models, "strategies": _cmd_strategies, "experiment": _cmd_experiment, "train": _cmd_train,
+            "evaluate": _cmd_evaluate, "ensemble": _cmd_ensemble, "predict": _cmd_predict, "export": _cmd_export}
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="tlunet", description="Transfer-learning U-Nets (Keras 3).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("models", help="list the model zoo with parameter counts")
-    p.add_argument("--input-shape", type=_shape, help="e.g. 256,256,1 (default: each paper's shape)")
-    p.add_argument("--classes", type=int, default=1)
-    p.set_defaults(func=_cmd_models)
-
-    p = sub.add_parser("strategies", help="trainable parameters per fine-tuning strategy (md + csv)")
-    p.add_argument("model", help="model name, see `tlunet models`")
-    p.add_argument("--strategies", default="wang2023",
-                   help="a preset set (wang2023, cheng2021_vunet, cheng2021_xunet) or presets joined by ';'")
-    p.add_argument("--input-shape", type=_shape)
-    p.add_argument("--classes", type=int, default=1)
-    p.add_argument("--reference", help="model to compare against, e.g. unet (Wang 2023's 31M U-Net)")
-    p.add_argument("--out", help="write OUT.md and OUT.csv")
-    p.set_defaults(func=_cmd_strategies)
-
-    p = sub.add_parser("experiment", help="run a paper's experiment (e.g. wang2023_fetal_head --quick)")
-    p.add_argument("name", nargs="?", help="a shipped experiment (see --list), or a config.yaml path")
-    p.add_argument("--list", action="store_true", help="list the experiments that ship with tlunet")
-    p.add_argument("--quick", action="store_true", help="the quick CPU profile (< 10 min)")
-    p.add_argument("--profile", help="a profile of the config, e.g. full")
-    p.add_argument("--data", help="override the data root (HC18: `download` fetches the official files)")
-    p.add_argument("--encoder-weights", help="pretrained encoder weights file for the runs that fine-tune "
-                                             "an ImageNet encoder (used when ImageNet cannot be downloaded)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set training.epochs=5 --set pretrain.data.root=/data/ecssd")
-    p.add_argument("--epochs", type=int, help="override the epochs")
-    p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in each run's stage folders")
-    p.add_argument("--distribute", choices=["mirrored", "multi_worker"],
-                   help="tf.distribute: all local GPUs, or the workers TF_CONFIG names (run the same command on each)")
-    p.add_argument("--out", default="results", help="results folder (default: results)")
-    p.add_argument("-v", "--verbose", action="store_true", help="Keras progress bars and TensorFlow's own log lines")
-    p.set_defaults(func=_cmd_experiment)
-
-    p = sub.add_parser("train", help="train one model on a data folder")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="data root")
-    p.add_argument("--kind", default="pairs", choices=["hc18", "pairs"])
-    p.add_argument("--layout", default="generic", help="paired-folder layout (generic, ecssd, covid_ct, ...)")
-    p.add_argument("--image-size", type=_shape, default=(256, 256))
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--strategy", default="all", help="fine-tuning preset")
-    p.add_argument("--encoder-weights", default=None, help="imagenet or a weights file")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--loss", default="bce_dice")
-    p.add_argument("--augment", default=None, help="augmentation preset")
-    p.add_argument("--patience", type=int, default=None)
-    p.add_argument("--holdout", type=float, default=0.15, help="validation and test fraction each")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
-    p.add_argument("--xla", action="store_true", help="jit_compile the training step")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any config key, e.g. --set training.lr_schedule.name=cosine (checked like a config file)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine", "poly", "plateau"],
-                   help="learning-rate schedule (options via a config: training.lr_schedule)")
-    p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in the run's stage folder")
-    p.add_argument("--distribute", choices=["mirrored", "multi_worker"])
-    p.add_argument("--name", default="train", help="results sub-folder")
-    p.add_argument("--out", default="results")
-    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and on HC18 the challenge's DF, ADF, full-size "
-                       "Dice and Hausdorff) of a model")
-    p.add_argument("model", help="a .keras file")
-    p.add_argument("--data", required=True)
-    p.add_argument("--kind", choices=["hc18", "pairs"], help="default: the run's data.kind when MODEL is a run's "
-                   "model.keras, else pairs")
-    p.add_argument("--layout", help="paired-folder layout. Default: the run's data.layout, else generic")
-    p.add_argument("--csv", help="write per-case metrics here")
-    p.add_argument("--image-size", type=_shape, help="H,W to evaluate at, for a model built with any input size")
-    _add_run_setting_flags(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("ensemble", help="one model averaging several trained models' probabilities (.keras)")
-    p.add_argument("models", nargs="+", help="two or more .keras files: runs' model.keras files of one split "
-                   "(checked) or bare models")
-    p.add_argument("--out", required=True, help="folder for model.keras and config.yaml (new or empty)")
-    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines")
-    p.set_defaults(func=_cmd_ensemble)
-
-    p = sub.add_parser("predict", help="folder of images -> masks, overlays, predictions.csv")
-    p.add_argument("model", help="a .keras file")
-    p.add_argument("input", help="folder of images")
-    p.add_argument("output", help="output folder")
-    p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
-    p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
-    _add_run_setting_flags(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("export", help="SavedModel (uint8 or float32 [0, 1] images of any size), LiteRT or ONNX file")
-    p.add_argument("model", help="a .keras file")
-    p.add_argument("output", help="SavedModel directory, or a .tflite / .onnx file (must not exist)")
-    p.add_argument("--format", choices=["savedmodel", "litert", "onnx"],
-                   help="default: litert for *.tflite, onnx for *.onnx, else savedmodel. LiteRT and ONNX files take "
-                        "float32 images in [0, 1] at the model's input size")
-    p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
-    p.add_argument("--tta", choices=["none", "flip"],
-                   help="flip: the SavedModel's serve averages each image's and its mirror's probabilities. Default: "
-                        "the evaluation.tta of the run's config.yaml when MODEL is a run's model.keras, else none")
-    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
-                   help="the SavedModel's serve keeps only the largest connected region of probabilities >= the "
-                        "threshold (others read 0); one-channel models. Default: the evaluation.largest_component "
-                        "of the run's config.yaml when MODEL is a run's model.keras, else off")
-    p.add_argument("--threshold", type=float,
-                   help="the probability that defines --largest-component's regions. Default: the "
-                        "evaluation.threshold of the run's config.yaml, else 0.5")
-    p.add_argument("--quantize", choices=["int8"], help="LiteRT full-integer quantisation (float32 in and out)")
-    p.add_argument("--representative", metavar="FOLDER",
-                   help="images that calibrate --quantize int8 (a folder of images, or one with images/)")
-    p.add_argument("--validation-data", metavar="FOLDER",
-                   help="an images/ + masks/ folder: print Dice of the Keras model and of the LiteRT file")
-    p.add_argument("-v", "--verbose", action="store_true", help="TensorFlow's own log lines (and Keras progress bars)")
-    p.set_defaults(func=_cmd_export)
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run_command(args):
+    """Runs a parsed command (`tlunet_cli` parses); its exit status. A user's mistake is one line on stderr."""
     if not getattr(args, "verbose", False):
         quiet_tensorflow()
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except (ValueError, OSError, FolderInUse) as e:  # DataError/ConfigError; missing, unwritable or full disks
-        print(f"tlunet {args.command}: error: {e}", file=sys.stderr)
+        message = str(e).removeprefix(f"tlunet {args.command}: ")  # a config built from flags says where already
+        print(f"tlunet {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def main(argv=None):
+    """The `tlunet` command: `tlunet.cli.main(["train", ...])` runs as the console script does."""
+    return tlunet_cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ TINY = {
     "model": {"name": "unet", "filters": [4, 8, 16, 32, 64]},
     "training": {"epochs": 1, "batch_size": 4},
     "runs": [{"name": "all", "strategy": "all"},
-             {"name": "two_stage", "stages": [{"strategy": "frozen_bottleneck", "epochs": 1},
+             # a {frozen: ...} strategy: a paper's preset that freezes is refused on random weights
+             {"name": "two_stage", "stages": [{"strategy": {"frozen": ["bottleneck"]}, "epochs": 1},
                                               {"strategy": "all", "epochs": 1, "learning_rate": 1e-4}]}],
     "sweep": {"fractions": [0.5, 1.0], "folds": 2},
     "paper": {"dice": {"all": 0.828}},
@@ -85,9 +86,9 @@ def test_cli_train_evaluate_predict_export(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(model_path), "--data", str(data), "--csv", str(tmp_path / "m.csv")]) == 0
     printed = capsys.readouterr().out
-    assert "dice:" in printed and "8 images" in printed
+    assert "dice:" in printed and "test cases of the run's split" in printed
     with open(tmp_path / "m.csv") as f:
-        assert len(list(csv.DictReader(f))) == 8
+        assert len(list(csv.DictReader(f))) == 2  # the run's 2 test cases of 8
     assert main(["predict", str(model_path), str(data / "images"), str(tmp_path / "pred"),
                  "--pixel-size", "0.1"]) == 0
     assert len(os.listdir(tmp_path / "pred" / "masks")) == 8

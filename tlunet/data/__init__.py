@@ -7,7 +7,7 @@ Contract: 2D images come out as float32 (H, W, C) in [0, 1], masks as float32 (H
 from tlunet.data.augment import AUGMENT_PRESETS, AugmentConfig, augment_pair, augment_volume
 from tlunet.data.folders import LAYOUTS, find_class_folders, find_pairs, frames_by_group, list_files, read_frames
 from tlunet.data.hc18 import HC18Record, fill_annotation, find_hc18, hc18_set, load_hc18_record, subject_of
-from tlunet.data.io import DataError, read_image, read_mask
+from tlunet.data.io import DataError, image_channels, read_image, read_mask
 from tlunet.data.nifti import NIFTI_LAYOUTS, find_nifti_pairs, hu_window, load_nifti, make_patch_dataset, resample, sample_patch
 from tlunet.data.pipeline import (SegmentationSet, load_arrays, make_classification_dataset,
                                   make_dataset, resize_pair)
@@ -17,7 +17,7 @@ from tlunet.data.splits import (experiment_splits, fraction_indices, kfold_indic
 __all__ = [
     "AUGMENT_PRESETS", "AugmentConfig", "DataError", "HC18Record", "LAYOUTS", "SegmentationSet",
     "augment_pair", "augment_volume", "fill_annotation", "find_class_folders", "find_hc18",
-    "find_pairs", "find_nifti_pairs", "NIFTI_LAYOUTS", "frames_by_group", "hc18_set", "hu_window", "load_arrays", "load_hc18_record",
+    "find_pairs", "find_nifti_pairs", "NIFTI_LAYOUTS", "frames_by_group", "hc18_set", "hu_window", "image_channels", "load_arrays", "load_hc18_record",
     "load_nifti", "make_classification_dataset", "make_dataset", "make_patch_dataset", "read_frames", "read_image", "read_mask", "resample",
     "resize_pair", "sample_patch", "split_by_subject", "split_indices", "subject_of", "experiment_splits",
     "fraction_indices", "kfold_indices", "stratified_split", "list_files",

@@ -22,6 +22,17 @@ def read_image(path, channels=1):
     return _read(path, mode)[..., None] if channels == 1 else _read(path, mode)
 
 
+def image_channels(paths, max_images=8):
+    """3 when any of the first `max_images` images has colour, else 1 (grey, or RGB files whose
+    three channels agree, as greyscale scans saved as colour JPEGs do)."""
+    for path in list(paths)[:max_images]:
+        rgb = _read(path, "RGB").astype(np.int16)
+        # JPEG chroma noise moves equal channels by a few levels: colour is a larger mean difference
+        if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 2.0:
+            return 3
+    return 1
+
+
 def read_mask(path, binary=True, num_classes=None):
     """Reads a mask as uint8 (H, W).
 

@@ -263,6 +263,27 @@ def check_runs(cfg, path):
                               positive_numbers=("learning_rate",))
         except (ValueError, KeyError) as e:
             raise ConfigError(f"{path}: run {run.get('name')!r}: {e}") from e
+        check_not_frozen_random(cfg, path, run)
+
+
+def check_not_frozen_random(cfg, path, run):
+    """A paper's strategy that freezes part of a model is refused on random weights: frozen random
+    layers are no one's transfer learning, and the result would carry the paper's name. Runs that
+    start from the experiment's own source, and hand-written {trainable, frozen} strategies, are
+    the user's to choose."""
+    if run.get("init") == "pretrain" or run.get("transfer") not in (None, "scratch"):
+        return
+    mcfg = merge(cfg["model"], run.get("model"))
+    if mcfg.get("encoder_weights") is not None:
+        return
+    for stage in stages(cfg, run):
+        name = stage["strategy"]
+        preset = get_strategy(name) if isinstance(name, str) else None
+        if preset is not None and (preset.trainable is not None or preset.frozen):
+            raise ConfigError(
+                f"{path}: run {run['name']!r}: strategy {name!r} freezes part of {mcfg['name']}, which starts "
+                "from random weights (no model.encoder_weights). Give it pretrained weights (model.encoder_weights "
+                "imagenet or a weights file) or train every layer (strategy: all).")
 
 
 def resolve_path(cfg, path):
