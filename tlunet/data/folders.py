@@ -2,10 +2,10 @@
 
 import os
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image
 
 from tlunet._suggest import did_you_mean, did_you_mean_parent
-from tlunet.data.io import IMAGE_SUFFIXES, DataError
+from tlunet.data.io import IMAGE_SUFFIXES, DataError, image_pixels, read_image_frames
 from tlunet.data.pipeline import SegmentationSet
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".gif")
@@ -127,35 +127,36 @@ def find_class_folders(root, suffixes=IMAGE_SUFFIXES + VIDEO_SUFFIXES):
 def read_frames(path, every=1, max_frames=None, channels=1):
     """Frames of a video (or a single image) as uint8 (T, H, W, channels).
 
-    GIFs and images are read with Pillow; .mp4/.avi/.mov need imageio with its pyav or ffmpeg
-    plugin (`pip install av`).
+    GIFs and images are read with Pillow, as `read_image` reads them (EXIF orientation, 16-bit
+    and float pixels scaled to 0-255); .mp4/.avi/.mov need imageio with its pyav or ffmpeg plugin
+    (`pip install av`).
     """
-    mode = {1: "L", 3: "RGB"}[channels]
     ext = os.path.splitext(path)[1].lower()
-    if os.path.isdir(path):
+    if ext not in (".mp4", ".avi", ".mov"):
+        frames = read_image_frames(path, channels)
+    elif os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not an image or video")
-    if not os.path.isfile(path):
+    elif not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
+    else:
+        frames = _video_frames(path, ext, channels)
+    frames = frames[::every][:max_frames]
+    if not frames:
+        raise DataError(f"{path}: no frames")
+    return np.stack(frames)
+
+
+def _video_frames(path, ext, channels):
+    """uint8 (H, W, channels) frames of a video file, read with imageio."""
     try:
-        if ext in (".mp4", ".avi", ".mov"):
-            try:
-                import imageio.v3 as iio
-                frames = [np.asarray(Image.fromarray(f).convert(mode))
-                          for f in iio.imiter(path)]
-            except ImportError as e:
-                raise DataError(f"{path}: reading {ext} videos needs `pip install imageio av`") from e
-        else:
-            with Image.open(path) as im:
-                frames = [np.asarray(f.convert(mode)) for f in ImageSequence.Iterator(im)]
+        import imageio.v3 as iio
+        return [image_pixels(Image.fromarray(f), path, channels) for f in iio.imiter(path)]
+    except ImportError as e:  # imageio, or the plugin it needs for this container
+        raise DataError(f"{path}: reading {ext} videos needs `pip install imageio av`") from e
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure is reported against the file
         raise DataError(f"{path}: not a readable image or video ({type(e).__name__}: {e})") from e
-    frames = frames[::every][:max_frames]
-    if not frames:
-        raise DataError(f"{path}: no frames")
-    out = np.stack(frames)
-    return out[..., None] if channels == 1 else out
 
 
 def frames_by_group(items, every=1, max_frames=None, channels=1):

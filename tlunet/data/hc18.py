@@ -6,18 +6,18 @@ circumference in mm). Images `017_HC` and `017_2HC` show the same fetus: splits 
 prefix. CC BY 4.0 — van den Heuvel et al., PLoS ONE 2018, doi:10.5281/zenodo.1327317.
 """
 
-import csv
 import os
 import re
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from skimage import draw
 
 from tlunet._suggest import did_you_mean_parent
 from tlunet.biometry import fit_ellipse
-from tlunet.data.io import (IMAGE_SUFFIXES, DataError, check_plain_name, check_row_fields, positive_number,
-                            read_image, read_mask)
+from tlunet.data.io import (IMAGE_SUFFIXES, DataError, check_plain_name, check_row_fields, csv_rows,
+                            positive_number, read_image, read_mask)
 from tlunet.data.pipeline import SegmentationSet
 
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
@@ -71,8 +71,7 @@ def find_hc18(root):
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: file not found (pixel sizes and HC come from it); {_expected_layout(root)}")
     records, line_of = [], {}
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
+    with csv_rows(csv_path) as reader:
         missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(f"{csv_path}: missing column(s) {missing}; found {reader.fieldnames}")
@@ -118,13 +117,21 @@ def fill_annotation(outline, path="annotation"):
 
     The ellipse is fitted to the outline pixels (the challenge drew the outlines from ellipse
     parameters) and filled.
+
+    Raises:
+        DataError naming `path`: no outline pixels, no ellipse fits them, or they are not an
+            ellipse outline (`check_outline`: a filled region, or pixels off any ellipse).
     """
-    points = np.argwhere(np.asarray(outline) > 0)
+    outline = np.asarray(outline) > 0
+    points = np.argwhere(outline)
     if len(points) == 0:
         raise DataError(f"{path}: empty annotation (no outline pixels)")
     fit = fit_ellipse(points)
     if fit is None:
+        if _solid(outline):
+            raise DataError(_filled_message(path))
         raise DataError(f"{path}: no ellipse fits the {len(points)} outline pixels")
+    check_outline(outline, points, fit, path)
     (r, c), (a, b), theta = fit["center"], fit["semi_axes"], fit["angle"]
     mask = np.zeros(outline.shape[:2], np.uint8)
     # skimage.draw.ellipse's rotation is counter-clockwise in (row, col); EllipseModel's theta is
@@ -132,6 +139,61 @@ def fill_annotation(outline, path="annotation"):
     rr, cc = draw.ellipse(r, c, b, a, shape=mask.shape, rotation=-theta)
     mask[rr, cc] = 1
     return mask, fit
+
+
+# An outline pixel further than this from the fitted ellipse is off it; an outline drawn a few
+# pixels thick stays within it, the inside of a filled region does not.
+_OFF_ELLIPSE_PX = 3.0
+_MAX_OFF_FRACTION = 0.1
+
+
+def check_outline(outline, points, fit, path):
+    """Raises `DataError` naming `path` unless the annotation's pixels are an ellipse outline (one
+    drawn a few pixels thick passes): a filled region (fitting its pixels gives a smaller head) or
+    pixels off the ellipse fitted to them (over a tenth more than 3 px away) are refused.
+
+    Args:
+        outline: bool (H, W) annotation pixels.
+        points: their (row, col) coordinates.
+        fit: `fit_ellipse(points)`.
+        path: the file, for the message.
+    """
+    off = float(np.mean(_distance_to_ellipse(points, fit) > _OFF_ELLIPSE_PX))
+    if _solid(outline) or (off > _MAX_OFF_FRACTION and _mostly_interior(outline)):
+        raise DataError(_filled_message(path))
+    if off > _MAX_OFF_FRACTION:
+        raise DataError(f"{path}: not an ellipse outline: {off:.0%} of its {len(points)} pixels lie "
+                        f"more than {_OFF_ELLIPSE_PX:g} px from the ellipse fitted to them; HC18 "
+                        "annotations are ellipse outlines of the skull")
+
+
+def _filled_message(path):
+    return (f"{path}: a filled region, not an ellipse outline; HC18 annotations are 1-px ellipse "
+            "outlines of the skull (tlunet fills them itself), and a filled one would be read as a "
+            "smaller head (about half the area)")
+
+
+def _mostly_interior(outline):
+    """True when most pixels have all four neighbours set: inside a region, not on its edge."""
+    return ndimage.binary_erosion(outline).sum() > 0.5 * outline.sum()
+
+
+def _solid(outline):
+    """True for a filled shape: mostly interior pixels, and no background enclosed (a thick
+    outline encloses the head)."""
+    return _mostly_interior(outline) and ndimage.binary_fill_holes(outline).sum() == outline.sum()
+
+
+def _distance_to_ellipse(points, fit):
+    """Distance of each (row, col) point to the ellipse `fit` along the ray from its centre
+    (at least the normal distance, and close to it for head-like ellipses)."""
+    (r, c), (a, b), theta = fit["center"], fit["semi_axes"], fit["angle"]
+    x, y = points[:, 1] - c, points[:, 0] - r
+    u = (x * np.cos(theta) + y * np.sin(theta)) / a  # in units of the semi-axes
+    v = (-x * np.sin(theta) + y * np.cos(theta)) / b
+    rho = np.maximum(np.hypot(u, v), 1e-9)  # 1 on the ellipse
+    d = np.hypot(x, y)
+    return np.abs(d - d / rho)
 
 
 def load_hc18_record(record):

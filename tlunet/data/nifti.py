@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from tlunet.data.augment import augment_volume
 from tlunet.data.epochs import EpochClock, attach_clock
+from tlunet.data.folders import list_files
 from tlunet.data.io import DataError
 
 
@@ -106,9 +107,30 @@ NIFTI_LAYOUTS = {
 }
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
 def _nifti_stem(name):
-    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4]
+    stem = name[:-7] if name.lower().endswith(".nii.gz") else name[:-4]
     return stem[:-5] if stem.endswith("_0000") else stem  # nnU-Net channel suffix
+
+
+def _volumes_by_case(folder):
+    """{case: path} of the volumes in `folder`.
+
+    Raises:
+        DataError: two files of one case (`a.nii` and `a.nii.gz`, `a_0000.nii.gz` and
+            `a.nii.gz`), listing them all: keeping one would drop the other silently.
+    """
+    by_case = {}
+    for f in list_files(folder, NIFTI_SUFFIXES):
+        by_case.setdefault(_nifti_stem(f), []).append(f)
+    clashes = {case: names for case, names in by_case.items() if len(names) > 1}
+    if clashes:
+        shown = "; ".join(f"case {case!r}: {', '.join(names)}" for case, names in sorted(clashes.items()))
+        raise DataError(f"{folder}: {len(clashes)} case(s) have more than one file ({shown}); "
+                        "keep one file per case")
+    return {case: os.path.join(folder, names[0]) for case, names in by_case.items()}
 
 
 def find_nifti_pairs(root, layout="generic"):
@@ -123,7 +145,8 @@ def find_nifti_pairs(root, layout="generic"):
         list of (case, image_path, mask_path), sorted by case.
 
     Raises:
-        DataError: missing folder, no volumes, a volume without a label or a label without a volume.
+        DataError: missing folder, no volumes, a volume without a label or a label without a volume,
+            two files of one case in a folder.
     """
     if layout not in NIFTI_LAYOUTS:
         raise ValueError(f"Unknown NIfTI layout {layout!r}. Valid: {sorted(NIFTI_LAYOUTS)}")
@@ -133,8 +156,7 @@ def find_nifti_pairs(root, layout="generic"):
         if not os.path.isdir(folder):
             raise DataError(f"{folder}: folder not found (layout {layout!r} expects "
                             f"{' and '.join(NIFTI_LAYOUTS[layout])} under {root})")
-        found.append({_nifti_stem(f): os.path.join(folder, f) for f in sorted(os.listdir(folder))
-                      if f.endswith((".nii", ".nii.gz")) and not f.startswith(".")})
+        found.append(_volumes_by_case(folder))
     images, masks = found
     if not images:
         raise DataError(f"{folders[0]}: no .nii/.nii.gz volumes")
