@@ -13,7 +13,7 @@ from tlunet_cli import MODEL_COLUMNS, print_table
 from tlunet._quiet import quiet_tensorflow
 from tlunet.export import export_savedmodel
 from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
-from tlunet.inference import EVALUATION_DEFAULTS
+from tlunet.inference import EVALUATION_DEFAULTS, BadModelOutput, check_probabilities
 from tlunet.predict import predict_folder, read_pixel_sizes
 from tlunet.runners import ConfigError, config_from_dict, load_config, parse_overrides, run_experiment
 from tlunet.runners.config import merge, with_weights_file
@@ -150,6 +150,50 @@ def _load_model(path):
         raise ValueError(f"{path} is not a loadable .keras model ({type(e).__name__}: {e})") from e
 
 
+def _image_model(model, path, command, image_size=None):
+    """(height, width, channels) at which `tlunet evaluate`/`predict` run `model` (read from `path`),
+    after one forward pass on a grey image. ValueError naming the file (and --image-size) for a model
+    these commands cannot run: not one 2D image in and one mask out, a size it does not take, or
+    outputs that are not probabilities (`BadModelOutput`, e.g. NaN after training that diverged)."""
+    shape, out = model.input_shape, model.output_shape
+    if not isinstance(shape, tuple) or not isinstance(out, tuple):
+        raise ValueError(f"{path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; tlunet {command} "
+                         "runs models with one image in and one mask out")
+    if len(shape) != 4 or len(out) != 4:
+        kind = (f"a {len(shape) - 2}D model (input {shape})" if len(shape) != 4 else
+                f"not a segmentation model (its output {out} is no mask)")
+        hint = "; segment volumes from Python with tlunet.inference.sliding_window_predict" if len(shape) == 5 else ""
+        raise ValueError(f"{path} is {kind}; tlunet {command} segments 2D images, with a model whose input is "
+                         f"(batch, height, width, channels) and whose output a mask of that layout{hint}")
+    if command == "predict" and out[-1] != 1:
+        raise ValueError(f"{path} has {out[-1]} output channels; tlunet predict writes masks of one-channel (binary) "
+                         "models: score it with tlunet evaluate")
+    _, h, w, channels = shape
+    if image_size is not None:
+        text = ",".join(map(str, image_size))
+        if len(image_size) != 2 or not all(isinstance(v, int) and v > 0 for v in image_size):
+            raise ValueError(f"--image-size {text}: give two sizes > 0, H,W")
+        if any(fixed is not None and fixed != v for fixed, v in zip((h, w), image_size)):
+            raise ValueError(f"--image-size {text}: {path} takes {h or 'any'}x{w or 'any'} images only (its input "
+                             "size is fixed); drop --image-size")
+        h, w = image_size
+    if h is None or w is None:
+        how = ("pass --image-size H,W (the size it was trained at)" if command == "evaluate" else
+               "tlunet predict needs a model built at a fixed size (the size it was trained at)")
+        raise ValueError(f"{path} accepts any input size; {how}")
+    try:
+        probs = model.predict(np.full((1, h, w, channels), 0.5, np.float32), verbose=0)
+    except Exception as e:  # noqa: BLE001 - whatever Keras raises, the message names the file and the size
+        flag = f"--image-size {h},{w}: " if image_size is not None else ""
+        raise ValueError(f"{flag}{path} cannot run on {h}x{w} images ({type(e).__name__}); its down-sampling needs "
+                         "sides it divides evenly (multiples of 32 suit every tlunet model)") from None
+    try:
+        check_probabilities(probs, model)
+    except BadModelOutput as e:
+        raise BadModelOutput(f"{path}: {e}") from None
+    return h, w, channels
+
+
 def _run_root(root):
     """A run config's data.root as an absolute path (None when it cannot be told: a relative path)."""
     if isinstance(root, str) and root.startswith(SAMPLE_PREFIX):
@@ -195,17 +239,16 @@ def _cases_to_score(args, saved, split, arrays, groups):
 def _cmd_evaluate(args):
     settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
-    _, h, w, channels = model.input_shape
-    if args.image_size:
-        h, w = args.image_size
-    if h is None or w is None:
-        raise ValueError(f"{args.model} accepts any input size; pass --image-size H,W (the size it was trained at)")
+    h, w, channels = _image_model(model, args.model, "evaluate", args.image_size)
     saved = _run_config(args.model, "pass --kind and --layout")
     block, split = _evaluation_data(args, saved, (h, w), channels)
     cfg = config_from_dict({"name": "evaluate", "data": block, "runs": [{"name": "evaluate"}]}, "tlunet evaluate")
     images, masks, meta, groups, source_data = load_data(cfg, cfg["data"])
     (images, masks, meta), scored = _cases_to_score(args, saved, split, (images, masks, meta), groups)
-    rows, _ = evaluate_cases(model, images, masks, meta, **settings)
+    try:
+        rows, _ = evaluate_cases(model, images, masks, meta, **settings)
+    except BadModelOutput as e:  # the probe passed; some image did not
+        raise BadModelOutput(f"{args.model}: {e}") from None
     # HC18 scans with their full-size annotation get the challenge's measures (adf_mm is their HC error)
     keys = [k for k in ("dice", "miou", "pixel_accuracy", "df_mm", "adf_mm", "dice_full", "hausdorff_mm")
             if k in rows[0]]
@@ -245,9 +288,18 @@ def _settings_used(settings, source):
 def _cmd_predict(args):
     settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
+    _image_model(model, args.model, "predict")
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
-    rows = predict_folder(model, args.input, args.output, pixel_sizes=sizes, **settings)
+    skipped = []
+    try:
+        rows = predict_folder(model, args.input, args.output, pixel_sizes=sizes, overwrite=args.overwrite,
+                              skipped=skipped, **settings)
+    except BadModelOutput as e:  # the probe passed; some image did not
+        raise BadModelOutput(f"{args.model}: {e}") from None
     print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {_settings_used(settings, source)}")
+    if skipped:
+        print(f"skipped {len(skipped)} HC18 annotation file(s), the outlines of their scans: {', '.join(skipped[:3])}"
+              f"{', ...' if len(skipped) > 3 else ''}")
     return 0
 
 
@@ -383,6 +435,11 @@ def run_command(args):
         quiet_tensorflow()
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; training resumes from its saved epochs
+        resume = "; rerun the same command to resume (finished epochs are kept)" if args.command in ("train", "experiment") \
+            else ""
+        print(f"\ntlunet {args.command}: interrupted{resume}", file=sys.stderr)  # after a progress bar's line
+        return 130
     except (ValueError, OSError, FolderInUse) as e:  # DataError/ConfigError; missing, unwritable or full disks
         message = str(e).removeprefix(f"tlunet {args.command}: ")  # a config built from flags says where already
         print(f"tlunet {args.command}: error: {message}", file=sys.stderr)

@@ -20,15 +20,39 @@ IMAGE_TTA = (None, "flip")
 EVALUATION_DEFAULTS = {"tta": None, "threshold": 0.5, "largest_component": False}
 
 
+class BadModelOutput(ValueError):
+    """A model gave values that are not probabilities: NaN or infinite, or outside [0, 1]."""
+
+
+def check_probabilities(probs, model):
+    """`probs` if every value is a probability; else `BadModelOutput` naming the model and the values,
+    so a broken model (one whose training diverged outputs NaN) is never scored or written out."""
+    probs = np.asarray(probs)
+    finite = np.isfinite(probs)
+    if not finite.all():
+        raise BadModelOutput(f"model {model.name!r} outputs NaN or infinite values ({(~finite).sum()} of {probs.size}): "
+                             "its weights are broken, as after training that diverged (retrain it with a lower "
+                             "learning rate)")
+    low, high = (float(probs.min()), float(probs.max())) if probs.size else (0.0, 0.0)
+    if low < -1e-6 or high > 1 + 1e-6:  # float round-off aside
+        raise BadModelOutput(f"model {model.name!r} outputs values in [{low:.4g}, {high:.4g}], not probabilities in "
+                             "[0, 1]: tlunet scores models that end in a sigmoid or softmax")
+    return probs
+
+
 def predict_images(model, x, batch_size=8, tta=None):
     """Probabilities of a 2D model on float images `x` (N, H, W, C) in [0, 1]; `tta="flip"`
-    averages each image's and its left-right mirror's (as a run's `evaluation.tta: flip`)."""
+    averages each image's and its left-right mirror's (as a run's `evaluation.tta: flip`).
+
+    Raises:
+        BadModelOutput: the model's outputs are not probabilities (`check_probabilities`).
+    """
     if tta not in IMAGE_TTA:
         raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     probs = model.predict(x, batch_size=batch_size, verbose=0)
     if tta == "flip":
         probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
-    return probs
+    return check_probabilities(probs, model)
 
 
 def gaussian_importance(patch_size, sigma_scale=0.125):

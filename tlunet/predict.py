@@ -1,15 +1,18 @@
 """Folder in -> masks, overlays and (for fetal heads) head circumference in mm."""
 
 import csv
+import hashlib
+import json
 import numbers
 import os
+import re
 
 import numpy as np
 from PIL import Image
 
 from tlunet.biometry import head_circumference, mask_at_size
 from tlunet.data.folders import list_files
-from tlunet.data.io import IMAGE_SUFFIXES, DataError, check_row_fields, positive_number, read_image
+from tlunet.data.io import IMAGE_SUFFIXES, DataError, check_row_fields, csv_rows, positive_number, read_image
 from tlunet.data.pipeline import resize_pair
 from tlunet.inference import IMAGE_TTA, predict_images
 
@@ -33,8 +36,7 @@ def read_pixel_sizes(csv_path):
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: pixel-size CSV not found")
     sizes, line_of = {}, {}
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
+    with csv_rows(csv_path) as reader:  # Excel's "CSV UTF-8" (a byte-order mark) reads too
         if not reader.fieldnames or "filename" not in reader.fieldnames or \
                 "pixel size(mm)" not in reader.fieldnames:
             raise DataError(f"{csv_path}: needs columns 'filename' and 'pixel size(mm)'; found "
@@ -63,13 +65,114 @@ def _check_pixel_sizes(pixel_sizes):
     return positive_number(pixel_sizes, "`pixel_sizes` (tlunet predict --pixel-size)")
 
 
+HC18_SCAN = re.compile(r"^\d+_\d*HC\.png$")  # HC18's scan names (tlunet.data.hc18): 000_HC.png, 010_2HC.png
+MANIFEST = ".tlunet-predict.json"  # in the output folder: the files predict wrote there, with their SHA-1
+COLUMNS = ("filename", "foreground_fraction", "pixel_size_mm", "hc_mm")  # of predictions.csv
+
+
+def hc18_annotations(names):
+    """The HC18 annotations among the file names `names`: `NNN_HC_Annotation.png` beside its scan
+    `NNN_HC.png`, which are outlines, not images to segment. Other names containing `_Annotation`
+    (`liver_Annotation_review.png`) are images like any other."""
+    present, suffix = set(names), "_Annotation.png"
+    return [n for n in names if n.endswith(suffix) and HC18_SCAN.match(n[:-len(suffix)] + ".png")
+            and n[:-len(suffix)] + ".png" in present]
+
+
+def _sha1(path):
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def _written_before(out_dir):
+    """{path relative to `out_dir`: SHA-1, or None where unknown} of the files earlier runs of predict
+    wrote there: those its manifest lists, and the outputs of the rows of a predictions.csv with
+    predict's columns (a run made before the manifest existed)."""
+    owned = {}
+    try:
+        with open(os.path.join(out_dir, "predictions.csv"), newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames and reader.fieldnames[0] == "filename" and set(reader.fieldnames) <= set(COLUMNS):
+                owned["predictions.csv"] = None
+                for row in reader:
+                    stem = os.path.splitext(row["filename"] or "")[0]
+                    owned.update({f"masks/{stem}.png": None, f"overlays/{stem}.png": None})
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass  # none, or not predict's: its files count as the user's
+    try:
+        with open(os.path.join(out_dir, MANIFEST)) as f:
+            files = json.load(f)["files"]
+        owned.update({k: v for k, v in files.items() if isinstance(k, str) and (v is None or isinstance(v, str))})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none, or unreadable: nothing is known to be predict's
+    return owned
+
+
+def _check_overwrite(out_dir, targets, overwrite):
+    """The files earlier runs of predict wrote into `out_dir` (`_written_before`); FileExistsError
+    naming the folder and a file when one of `targets` (relative paths) exists and is not one of them
+    unchanged: the data's own masks, a hand-corrected mask, a link. With `overwrite`, all are replaced."""
+    owned = _written_before(out_dir)
+    foreign = []
+    for rel in [] if overwrite else targets:
+        path = os.path.join(out_dir, *rel.split("/"))
+        if os.path.lexists(path) and (rel not in owned or not os.path.isfile(path) or os.path.islink(path) or
+                                      owned[rel] not in (None, _sha1(path))):
+            foreign.append(path)
+    if foreign:
+        raise FileExistsError(f"{out_dir}: holds {len(foreign)} file(s) that predict would overwrite and did not write "
+                              f"(or that changed since), e.g. {foreign[0]}; choose another output folder, or pass "
+                              "--overwrite (overwrite=True in Python) to replace them")
+    return owned
+
+
+def _save(picture, path):
+    """Writes the uint8 array `picture` as a PNG at `path`; its SHA-1."""
+    Image.fromarray(picture).save(path)
+    return _sha1(path)
+
+
+def _write_manifest(out_dir, files):
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"files": files}, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+
+
+def _images_to_segment(input_dir, skipped):
+    """The image names of `input_dir` to segment, HC18 annotations left out (and added to `skipped`
+    when it is a list); DataError when there are none, or two would write one mask."""
+    names = list_files(input_dir, IMAGE_SUFFIXES)
+    annotations = hc18_annotations(names)
+    if skipped is not None:
+        skipped.extend(annotations)
+    names = [n for n in names if n not in annotations]
+    if not names:
+        raise DataError(f"{input_dir}: no images")
+    by_output = {}
+    for name in names:  # outputs are named by stem; case-folded, for case-insensitive disks
+        by_output.setdefault(os.path.splitext(name)[0].casefold(), []).append(name)
+    clashes = [files for files in by_output.values() if len(files) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(os.path.join(input_dir, n) for n in files) for files in clashes[:5])
+        raise DataError(f"{input_dir}: {len(clashes)} group(s) of images would write the same mask "
+                        f"(outputs are named by file stem): {shown}; rename or remove one of each")
+    return names
+
+
 def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4, largest_component=False,
-                   tta=None):
+                   tta=None, overwrite=False, skipped=None):
     """Segments every image of `input_dir` with a binary tlunet model.
 
     Writes `out_dir/masks/<stem>.png` (0/255 at the original size), `out_dir/overlays/<stem>.png`
     and `out_dir/predictions.csv` (name, foreground fraction, and head circumference in mm where a
-    pixel size is known). Annotation files (`*_Annotation.png`) in the folder are skipped.
+    pixel size is known). HC18 annotations (`NNN_HC_Annotation.png` beside `NNN_HC.png`) are not
+    images to segment and are skipped (listed in `skipped`); every other image is segmented.
+
+    Files already in `out_dir` are replaced only if an earlier run of predict wrote them and they
+    are unchanged since (`out_dir/.tlunet-predict.json` lists them with their SHA-1, or a
+    predictions.csv of predict's names them): the data's own masks, a mask corrected by hand or any
+    other file of the user's is refused, unless `overwrite`.
 
     Every image is read and checked before anything is written, so bad input leaves `out_dir` as
     it was. `predictions.csv` is written last (under a temporary name, then renamed) and an old one
@@ -86,6 +189,8 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         largest_component: keep only the largest connected region of each mask (one head per scan),
             at the image's own size.
         tta: None, or "flip" to average each image's and its mirror's probabilities.
+        overwrite: replace files in `out_dir` that predict did not write.
+        skipped: a list, to which the names of the HC18 annotations left out are added.
 
     Returns:
         list of row dicts, as written to predictions.csv.
@@ -93,7 +198,12 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     Raises:
         DataError: no images, two images with one output name (`scan.jpg` and `scan.png`), an
             unreadable image (all of them are named), a bad pixel size.
+        FileExistsError: `out_dir` holds a file predict would replace and did not write.
+        ValueError: the model is not a 2D model of a fixed input size with one output channel.
     """
+    if not isinstance(model.input_shape, tuple) or len(model.input_shape) != 4 or None in model.input_shape[1:3]:
+        raise ValueError(f"predict_folder needs a 2D model with a fixed input size (batch, height, width, channels); "
+                         f"{model.name!r} takes {model.input_shape}")
     _, h, w, channels = model.input_shape
     if model.output_shape[-1] != 1:
         raise ValueError(f"predict_folder handles one-channel (binary) models; {model.name!r} has "
@@ -101,17 +211,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if tta not in IMAGE_TTA:  # checked before any file is read
         raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
     pixel_sizes = _check_pixel_sizes(pixel_sizes)
-    names = [f for f in list_files(input_dir, IMAGE_SUFFIXES) if "_Annotation" not in f]
-    if not names:
-        raise DataError(f"{input_dir}: no images")
-    by_output = {}
-    for name in names:  # outputs are named by stem; case-folded, for case-insensitive disks
-        by_output.setdefault(os.path.splitext(name)[0].casefold(), []).append(name)
-    clashes = [files for files in by_output.values() if len(files) > 1]
-    if clashes:
-        shown = "; ".join(" and ".join(os.path.join(input_dir, n) for n in files) for files in clashes[:5])
-        raise DataError(f"{input_dir}: {len(clashes)} group(s) of images would write the same mask "
-                        f"(outputs are named by file stem): {shown}; rename or remove one of each")
+    names = _images_to_segment(input_dir, skipped)
     problems = []
     for name in names:  # read everything first: a bad file late in the folder fails before any output
         try:
@@ -121,11 +221,14 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if problems:
         raise DataError(f"{input_dir}: {len(problems)} of {len(names)} images are unreadable, nothing "
                         f"was written: " + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+    targets = [f"{sub}/{os.path.splitext(n)[0]}.png" for n in names for sub in ("masks", "overlays")]
+    files = {**_check_overwrite(out_dir, targets + ["predictions.csv"], overwrite), **dict.fromkeys(targets)}
     csv_path = os.path.join(out_dir, "predictions.csv")
     if os.path.lexists(csv_path):
         os.remove(csv_path)  # a stale one must not pass for this run's result if this run fails
     for sub in ("masks", "overlays"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    _write_manifest(out_dir, files)  # first: a run that fails midway leaves its files known as predict's
     rows = []
     for start in range(0, len(names), batch_size):
         batch_names = names[start:start + batch_size]
@@ -135,12 +238,19 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         for name, image, p in zip(batch_names, originals, probs):
             mask = mask_at_size(p, image.shape[:2], threshold, largest=largest_component).astype(np.uint8)
             stem = os.path.splitext(name)[0]
-            Image.fromarray(mask * 255).save(os.path.join(out_dir, "masks", f"{stem}.png"))
-            Image.fromarray(overlay(image, mask)).save(os.path.join(out_dir, "overlays", f"{stem}.png"))
+            files[f"masks/{stem}.png"] = _save(mask * 255, os.path.join(out_dir, "masks", f"{stem}.png"))
+            files[f"overlays/{stem}.png"] = _save(overlay(image, mask), os.path.join(out_dir, "overlays", f"{stem}.png"))
             size = pixel_sizes if isinstance(pixel_sizes, float) else (pixel_sizes or {}).get(name)
             hc = head_circumference(mask, size) if size else float("nan")
             rows.append({"filename": name, "foreground_fraction": round(float(mask.mean()), 5),
                          "pixel_size_mm": size if size else "", "hc_mm": "" if np.isnan(hc) else round(hc, 2)})
+    _write_rows(csv_path, rows)
+    _write_manifest(out_dir, {**files, "predictions.csv": _sha1(csv_path)})
+    return rows
+
+
+def _write_rows(csv_path, rows):
+    """predictions.csv, under a temporary name renamed into place: there only when complete."""
     tmp = csv_path + ".partial"
     try:
         with open(tmp, "w", newline="") as f:
@@ -152,4 +262,3 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return rows

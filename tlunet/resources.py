@@ -62,11 +62,83 @@ def find_config(name_or_path):
                       "(`tlunet experiment --list` describes them)")
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` and `1.0e4` as strings; YAML 1.2 and every other reader take them
+# as floats, which is what a config author means by `learning_rate: 1e-4`.
+_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+                    |[-+]?\.[0-9][0-9_]*[eE][-+]?[0-9]+)$""", re.X)
+MAX_DEPTH = 64  # far beyond any config; well within Python's recursion limit while composing
+
+
+class YamlKeyError(yaml.YAMLError):
+    """A mapping in a YAML text gives the same key twice."""
+
+    def __init__(self, key, first, line, name):
+        where = f"lines {first} and {line}" if first != line else f"line {line}"
+        super().__init__(f"key {key!r} is given twice in one mapping ({where}); YAML would keep only the last: "
+                         "remove one")
+        self.key, self.first, self.line, self.name = key, first, line, name
+
+
+class YamlDepthError(yaml.YAMLError):
+    """A YAML text nests collections deeper than `MAX_DEPTH`."""
+
+    def __init__(self, line):
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep (at line {line}); a config is a few levels of "
+                         "mappings and lists")
+        self.line = line
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with floats read as YAML 1.2 does (`1e-4`), and a duplicate key or
+    runaway nesting raised as an error (`YamlKeyError`, `YamlDepthError`) instead of the last key
+    winning silently or a RecursionError."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        """The next node, as PyYAML composes it; YamlDepthError past `MAX_DEPTH` levels."""
+        if self._depth >= MAX_DEPTH:
+            raise YamlDepthError(self.peek_event().start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        """The dict of a mapping node, as PyYAML builds it; YamlKeyError if it repeats a key."""
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys are meant to be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                repeated = key in lines
+            except TypeError:  # an unhashable key: the base class names it
+                continue
+            if repeated:
+                raise YamlKeyError(key, lines[key], line, key_node.start_mark.name)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text):
+    """`text` (a string or an open file) read with `ConfigLoader`; its errors are `yaml.YAMLError`s."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_config(path):
-    """The YAML mapping in `path`; ConfigError naming the file if it is not valid YAML or not a mapping."""
+    """The YAML mapping in `path` (read by `load_yaml`); ConfigError naming the file (and the key and
+    line) if it is not valid YAML, repeats a key, nests too deeply, or is not a mapping."""
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = load_yaml(f)
+    except (YamlKeyError, YamlDepthError) as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if raw is None:

@@ -57,11 +57,10 @@ def check_lr_schedule(schedule):
         if key in ("name", "monitor"):
             continue
         whole = key in ("warmup_epochs", "patience")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf or \
                 (whole and not isinstance(value, int)) or (key == "factor" and not 0 < value < 1):
-            raise ValueError(f"lr_schedule {spec['name']!r}: {key} must be "
-                             f"{'a whole number >= 0' if whole else 'in (0, 1)' if key == 'factor' else 'a number >= 0'}"
-                             f". Received: {key}={value!r}")
+            what = 'a whole number >= 0' if whole else 'in (0, 1)' if key == 'factor' else 'a finite number >= 0'
+            raise ValueError(f"lr_schedule {spec['name']!r}: {key} must be {what}. Received: {key}={value!r}")
     return out
 
 
@@ -188,6 +187,9 @@ def compile_model(model, loss="bce_dice", learning_rate=1e-3, optimizer="adam", 
                   "adamw": keras.optimizers.AdamW}
     if optimizer not in optimizers:
         raise ValueError(f"Unknown optimizer {optimizer!r}. Valid: {list(optimizers)}")
+    # a number must be finite and positive; a schedule object is the optimizer's to check
+    if isinstance(learning_rate, bool) or (isinstance(learning_rate, (int, float)) and not 0 < learning_rate < math.inf):
+        raise ValueError(f"`learning_rate` must be a finite number > 0. Received: learning_rate={learning_rate!r}")
     if isinstance(loss, str) and classes > 1 and loss == "binary_crossentropy":
         raise ValueError(f"loss 'binary_crossentropy' does not fit a {classes}-class softmax output")
     opt = optimizers[optimizer](learning_rate,
@@ -288,6 +290,11 @@ def save_model(model, path):
     return atomic_write(path, write, needed=_weights_bytes(model, optimizer=False))
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights of a model in training became NaN or infinite (a learning rate too
+    high, most often); the message names the run folder and the epoch."""
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     """Crash-safe training state of one run folder; resumes a killed run where it stopped.
 
@@ -304,6 +311,9 @@ class RunCheckpoint(keras.callbacks.Callback):
     - `best.keras` (+ `backup/best.weights.h5`): the model of the best epoch by `monitor`, written by
       `save_model` (compiled, without the optimizer's state); a resumed run keeps comparing against
       the best before the crash.
+
+    An epoch whose loss (or validation loss) or weights are NaN or infinite ends training with
+    `TrainingDiverged`, before anything of it is written.
 
     A weights file that cannot be read on resume (disk trouble) falls back to the previous epoch's,
     with a warning naming it. With `patience`, training stops after that many epochs without
@@ -396,8 +406,23 @@ class RunCheckpoint(keras.callbacks.Callback):
             return False
         return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
+    def _check_finite(self, epoch, logs):
+        """Raises `TrainingDiverged` when this epoch's loss or the model's weights are NaN or infinite,
+        before anything of the epoch is saved: the backup keeps the last finite epoch."""
+        losses = {k: float(v) for k, v in logs.items() if k in ("loss", "val_loss") and not np.isfinite(float(v))}
+        weights = [v.path for v in self.model.weights if not np.isfinite(keras.ops.convert_to_numpy(v)).all()]
+        if not losses and not weights:
+            return
+        what = ", ".join(f"{k} {v}" for k, v in losses.items()) or f"the weights of {weights[0]} became NaN or inf"
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        then = ("delete the run's folder first (its saved epochs were trained at this rate), or use another --out"
+                if self.current is not None else "no epoch of it was saved")
+        raise TrainingDiverged(f"{self.run_dir}: training diverged in epoch {epoch + 1} ({what}); the model is not "
+                               f"saved. Lower the learning rate (it was {rate:g}) and run again; {then}")
+
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
+        self._check_finite(epoch, logs)
         value = logs.get(self.monitor)
         value = float(value) if value is not None else None
         size = _weights_bytes(self.model)
@@ -511,6 +536,9 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
 
     Returns:
         dict of lists: the history of all epochs of the run so far (read back from history.csv).
+
+    Raises:
+        TrainingDiverged: the loss or the weights became NaN or infinite (naming the epoch).
     """
     if not model.compiled:
         raise ValueError(f"Model {model.name!r} is not compiled; call tlunet.train.compile_model first.")

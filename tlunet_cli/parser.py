@@ -129,6 +129,7 @@ def _add_evaluate(sub, names):
     p.add_argument("output", help="output folder")
     p.add_argument("--pixel-size", type=float, help="mm per pixel, for head circumference")
     p.add_argument("--pixel-size-csv", help="HC18-style CSV with per-image pixel sizes")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUTPUT that predict did not write")
     _add_run_setting_flags(p)
 
 

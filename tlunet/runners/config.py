@@ -5,6 +5,7 @@ import contextlib
 import copy
 import inspect
 import io
+import math
 import numbers
 import os
 
@@ -14,7 +15,7 @@ import tlunet
 from tlunet._suggest import did_you_mean_keys
 from tlunet.finetune import get_strategy
 from tlunet.train import DISTRIBUTE, check_lr_schedule, get_distribution_strategy
-from tlunet.resources import SAMPLE_PREFIX, ConfigError, sample_path
+from tlunet.resources import MAX_DEPTH, SAMPLE_PREFIX, ConfigError, load_yaml, sample_path
 
 # Keys every config may have at the top level, whatever its task.
 COMMON_KEYS = {"name", "task", "seed", "deterministic", "runs", "paper", "profile", "_config_path", "description"}
@@ -137,8 +138,8 @@ def check_numbers(path, section, where, positive_ints=(), positive_numbers=(), o
             bad(key, value, "a whole number >= 1")
     for key in positive_numbers:
         value = section.get(key)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-            bad(key, value, "a number > 0")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            bad(key, value, "a finite number > 0")
     for key in optional_ints:
         value = section.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -329,8 +330,9 @@ def check_sources(cfg, blocks):
 def parse_overrides(items):
     """`["training.epochs=5", "pretrain.data.root=/data/ecssd"]` -> a nested override dict.
 
-    Values are read as YAML (`5` is an int, `[128, 192]` a list, `null` None, anything else a string);
-    `root` and `encoder_weights` paths are taken relative to where the command runs.
+    Values are read as config files are (`tlunet.resources.load_yaml`: `5` is an int, `1e-4` a float,
+    `[128, 192]` a list, `null` None, anything else a string); `root` and `encoder_weights` paths are
+    taken relative to where the command runs.
     """
     out = {}
     for item in items or []:
@@ -338,8 +340,10 @@ def parse_overrides(items):
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ConfigError(f"--set {item!r}: expected KEY.SUB=VALUE, e.g. training.epochs=5")
+        if len(parts) > MAX_DEPTH:
+            raise ConfigError(f"--set {item[:60]!r}...: the key has {len(parts)} parts; config keys are a few levels deep")
         try:
-            value = yaml.safe_load(value)
+            value = load_yaml(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
         node = out
@@ -389,10 +393,16 @@ def encoder_weights(requested, model_name, notes, input_shape=None):
     return notes[key]
 
 
+MIN_ENCODER_SIDE = 32  # keras.applications refuse smaller inputs (VGG16, MobileNetV2: "at least 32x32")
+
+
 def _small_shape(info):
+    """A small input shape the model and its encoder accept, to check a weights file quickly: each
+    side the smallest multiple of the model's divisor that is at least `MIN_ENCODER_SIDE`."""
     div = info.divisor if isinstance(info.divisor, tuple) else (info.divisor,) * info.spatial_dims
+    sides = tuple(d * math.ceil(MIN_ENCODER_SIDE / d) for d in div)
     channels = info.reference_shape[-1] if info.channels is None or info.reference_shape[-1] in info.channels else 1
-    return (*div, channels)
+    return (*sides, channels)
 
 
 def with_weights_file(cfg, path):
