@@ -179,3 +179,47 @@ def test_the_quick_main_job_cut_to_two_epochs_learns(tmp_path):
     assert float(rows["scratch"]["dice"]) > 0.6, rows["scratch"]
     with open(tmp_path / "wang2023_fetal_head" / "scratch" / "config.yaml") as f:
         assert yaml.safe_load(f)["training"]["precise_bn"] is True  # the run records what it did
+
+
+def test_flag_mistakes_a_newcomer_makes_are_named(tmp_path, capsys):
+    data = _pairs(tmp_path / "d", 4)
+    base = ["train", "--model", "unet", "--data", str(data), "--out", str(tmp_path / "out")]
+    assert main([*base, "--set", "training.epochs"]) == 2
+    assert "--set 'training.epochs': expected KEY.SUB=VALUE" in capsys.readouterr().err
+    assert main([*base, "--holdout", "0.6"]) == 2
+    assert "--holdout must be a fraction in (0, 0.5)" in capsys.readouterr().err
+    assert main([*base, "--strategy", "frozen_bottleneck"]) == 2
+    err = capsys.readouterr().err
+    assert "unet has no pretrained encoder: train every layer (--strategy all)" in err
+    with pytest.raises(SystemExit):
+        main([*base, "--strategy", "Decoder"])
+    assert "(did you mean 'decoder'?)" in capsys.readouterr().err
+    assert main(["experiment", "wang2023_fetal_head", "--quick", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert "training.epochs must be a whole number >= 1" in capsys.readouterr().err
+    ecssd = tmp_path / "ecssd"
+    (ecssd / "images").mkdir(parents=True)
+    (ecssd / "ground_truth_mask").mkdir()
+    assert main(["train", "--model", "unet", "--data", str(ecssd)]) == 2
+    assert "it has the folders of layout ecssd (--layout ecssd)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_start_line_says_what_the_run_does(tmp_path, capsys):
+    data = _pairs(tmp_path / "d", 8, rgb=True)
+    assert main(["train", "--model", "unet", "--data", str(data), "--image-size", "32,32", "--epochs", "1",
+                 "--set", "model.filters=[4,8]", "--set", "data.channels=1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "from random weights; channels 1 (as asked)" in out
+    with open(tmp_path / "out" / "train" / "all" / "config.yaml") as f:
+        assert yaml.safe_load(f)["data"]["channels"] == 1
+
+
+def test_evaluate_split_all_and_a_linked_data_folder(rgb_run, tmp_path, capsys):
+    data, run, _ = rgb_run
+    assert main(["evaluate", str(run / "model.keras"), "--data", str(data), "--split", "all"]) == 0
+    assert "all 20 images (--split all: training cases included)" in capsys.readouterr().out
+    os.symlink(data, tmp_path / "link")
+    assert main(["evaluate", str(run / "model.keras"), "--data", str(tmp_path / "link")]) == 0
+    assert "the 4 test cases of the run's split" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--data", str(data)]) == 2
+    assert f"is a run folder; did you mean {run / 'model.keras'}?" in capsys.readouterr().err

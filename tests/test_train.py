@@ -397,3 +397,44 @@ def test_fit_ends_with_the_batch_statistics_of_its_final_weights(tmp_path):
             np.testing.assert_allclose(inner.moving_mean.numpy(), means[True], rtol=1e-5, atol=1e-5)
     # six updates at momentum 0.99 leave the running mean near its initial 0; the batches' mean is near 5x the kernel
     assert np.abs(means[True] - means[False]).max() > 0.5
+
+
+def test_fit_validates_and_keeps_the_best_epoch_with_recomputed_statistics(tmp_path):
+    """Each epoch's validation and best.keras use statistics of that epoch's weights, not Keras' lagging averages."""
+    import tensorflow as tf
+    x = np.random.default_rng(0).normal(5.0, 2.0, (12, 4, 4, 2)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[..., :1] > 5)).batch(4)
+    keras.utils.set_random_seed(0)
+    model, _ = _bn_model()
+    model = keras.Model(model.input, keras.layers.Conv2D(1, 1, activation="sigmoid", name="head")(model.output))
+    compile_model(model, loss="bce", learning_rate=1e-2)
+    fit(model, data, data, run_dir=str(tmp_path), epochs=2, verbose=0, patience=2)
+    best = keras.models.load_model(tmp_path / "best.keras")
+    saved = best.get_layer("inner").get_layer("bn_inner").moving_mean.numpy().copy()
+    precise_bn(best, data)  # the statistics of best.keras's own weights
+    np.testing.assert_allclose(saved, best.get_layer("inner").get_layer("bn_inner").moving_mean.numpy(), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_fit_reads_a_pydataset_again_and_warns_for_a_generator(tmp_path):
+    x = np.random.default_rng(0).normal(5.0, 2.0, (8, 4, 4, 2)).astype("float32")
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return x[4 * i:4 * i + 4], (x[4 * i:4 * i + 4, ..., :1] > 5).astype("float32")
+
+    model, _ = _bn_model()
+    model = keras.Model(model.input, keras.layers.Conv2D(1, 1, activation="sigmoid", name="head")(model.output))
+    compile_model(model, loss="bce", learning_rate=1e-2)
+    fit(model, Batches(), run_dir=str(tmp_path / "py"), epochs=1, verbose=0)
+    assert np.abs(model.get_layer("inner").get_layer("bn_inner").moving_mean.numpy()).max() > 0.5
+
+    def generator():
+        for i in range(2):
+            yield Batches()[i]
+
+    with pytest.warns(UserWarning, match="not recomputed from a generator, which cannot be read again"):
+        fit(model, generator(), run_dir=str(tmp_path / "gen"), epochs=1, verbose=0)

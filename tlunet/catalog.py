@@ -38,7 +38,7 @@ def build_catalog():
     from tlunet.data.folders import LAYOUTS
     from tlunet.finetune import PRESETS
     from tlunet.losses import LOSSES
-    from tlunet.resources import list_experiments
+    from tlunet.resources import find_config, list_experiments, read_config
     from tlunet.runners.image import FOLDER_KINDS
 
     return {
@@ -50,6 +50,7 @@ def build_catalog():
         "data_kinds": list(FOLDER_KINDS),
         "layouts": list(LAYOUTS),
         "experiments": list_experiments(),
+        "profiles": {name: list(read_config(find_config(name)).get("profiles") or {}) for name in list_experiments()},
     }
 
 

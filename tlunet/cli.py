@@ -60,7 +60,7 @@ def _cmd_experiment(args):
     overrides = {}
     if args.data:
         overrides["data"] = {"root": args.data if args.data == "download" else os.path.abspath(args.data)}
-    if args.epochs:
+    if args.epochs is not None:  # --epochs 0 is refused by the config check, not ignored
         overrides["training"] = {"epochs": args.epochs}
     if args.tensorboard:
         overrides = merge(overrides, {"training": {"tensorboard": True}})
@@ -86,10 +86,11 @@ TRAIN_FLAGS = {"model.encoder_weights": "--encoder-weights", "model.name": "--mo
                "training.distribute": "--distribute", "strategy: all": "--strategy all"}
 
 
-def _train_channels(args):
-    """--channels, with `auto` read from the data: 3 when its images have colour, else 1."""
-    if args.channels != "auto":
-        return args.channels, f"{args.channels} (--channels)"
+def _train_channels(args, wanted):
+    """(channels, why): `wanted` (--channels, or a --set data.channels), with `auto` read from the
+    data: 3 when its images have colour, else 1."""
+    if wanted != "auto":
+        return wanted, f"{wanted} (as asked)"
     if args.kind == "hc18":
         return 1, "1 (HC18 scans are grey)"
     from tlunet.data import find_pairs, image_channels
@@ -99,8 +100,11 @@ def _train_channels(args):
                       "1 (the images are grey)")
 
 
-def _train_config(args, channels):
+def _train_config(args, channels, overrides):
     """The config `tlunet train` runs; a mistake is a ValueError naming the flag (or the --set key)."""
+    if not 0 < args.holdout < 0.5:
+        raise ValueError(f"--holdout must be a fraction in (0, 0.5): the validation part and the test part each "
+                         f"take it. Received: --holdout {args.holdout}")
     weights = args.encoder_weights
     if weights and weights not in ("imagenet",):
         weights = os.path.abspath(weights)
@@ -119,22 +123,27 @@ def _train_config(args, channels):
     if args.kind != "pairs":
         raw["data"].pop("layout")
     try:
-        return config_from_dict(raw, "tlunet train", overrides=parse_overrides(args.set))
+        return config_from_dict(raw, "tlunet train", overrides=overrides)
     except ConfigError as e:
         message = str(e).removeprefix("tlunet train: ")
-        for key, flag in TRAIN_FLAGS.items():
-            if not any(item.startswith(key + "=") for item in args.set or []):
+        for key, flag in TRAIN_FLAGS.items():  # a key the user gave with --set keeps its own name
+            if not any(item.startswith((key + "=", key + ".")) for item in args.set or []):
                 message = message.replace(key, flag)
         raise ValueError(message) from None
 
 
 def _cmd_train(args):
-    cfg = _train_config(args, 1)  # every flag checked before the data is read
-    channels, why = _train_channels(args)
-    if channels != 1:
-        cfg = _train_config(args, channels)
-    print(f"tlunet train: {args.model}, strategy {args.strategy}, from "
-          f"{'random weights' if not args.encoder_weights else args.encoder_weights}; channels {why}")
+    overrides = parse_overrides(args.set)
+    data = overrides.get("data") if isinstance(overrides.get("data"), dict) else {}
+    wanted = data.get("channels", args.channels)
+    if wanted not in ("auto", 1, 3):
+        raise ValueError(f"data.channels must be auto, 1 or 3. Received: {wanted!r}")
+    cfg = _train_config(args, 1, merge(overrides, {"data": {"channels": 1}}))  # every flag checked first
+    channels, why = _train_channels(args, wanted)
+    cfg = _train_config(args, channels, merge(overrides, {"data": {"channels": channels}}))
+    weights = cfg["model"].get("encoder_weights")
+    print(f"tlunet train: {cfg['model']['name']}, strategy {args.strategy}, from "
+          f"{'random weights' if weights is None else weights}; channels {why}")
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     if worker_role(get_distribution_strategy(args.distribute))[0]:
         print(f"model saved as {os.path.join(args.out, args.name, args.strategy, 'model.keras')}")
@@ -142,6 +151,8 @@ def _cmd_train(args):
 
 
 def _load_model(path):
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.keras")):
+        raise FileNotFoundError(f"{path} is a run folder; did you mean {os.path.join(path, 'model.keras')}?")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     try:
@@ -197,8 +208,8 @@ def _image_model(model, path, command, image_size=None):
 def _run_root(root):
     """A run config's data.root as an absolute path (None when it cannot be told: a relative path)."""
     if isinstance(root, str) and root.startswith(SAMPLE_PREFIX):
-        return sample_path(root)
-    return os.path.normpath(root) if isinstance(root, str) and os.path.isabs(root) else None
+        return os.path.realpath(sample_path(root))
+    return os.path.realpath(root) if isinstance(root, str) and os.path.isabs(root) else None
 
 
 def _evaluation_data(args, saved, size, channels):
@@ -208,22 +219,25 @@ def _evaluation_data(args, saved, size, channels):
     kind = args.kind or (run_data.get("kind") if run_data.get("kind") in FOLDER_KINDS else "pairs")
     layout = args.layout or run_data.get("layout") or "generic"
     root = os.path.abspath(args.data)
-    own = bool(run_data) and _run_root(run_data.get("root")) == root and kind == run_data.get("kind") and \
-        (kind != "pairs" or layout == (run_data.get("layout") or "generic"))
+    own = bool(run_data) and _run_root(run_data.get("root")) == os.path.realpath(root) and \
+        kind == run_data.get("kind") and (kind != "pairs" or layout == (run_data.get("layout") or "generic"))
     if args.split not in (None, "all") and not own:
-        raise ValueError(f"--split {args.split} scores part of the run's own split, but --data {args.data} is not "
-                         f"the run's data ({_beside(args.model)} has data.root {run_data.get('root')!r}); "
-                         "drop --split to score every image")
+        why = (f"--data {args.data} is not the run's data ({_beside(args.model)} has data.root "
+               f"{run_data.get('root')!r})" if run_data else
+               f"{args.model} has no run config.yaml beside it (a run's model.keras has)")
+        raise ValueError(f"--split {args.split} scores part of the run's own split, but {why}; drop --split to "
+                         "score every image")
     block = {"kind": kind, "root": root, "image_size": list(size), "channels": channels,
              **({"limit": run_data.get("limit")} if own else {}), **({"layout": layout} if kind == "pairs" else {})}
-    return block, (args.split or "test") if own else "all"
+    return block, (args.split or "test") if own else "all", own
 
 
-def _cases_to_score(args, saved, split, arrays, groups):
+def _cases_to_score(args, saved, split, arrays, groups, own):
     """The arrays cut to `split` of the run's split, and a phrase saying which cases they are."""
     images, masks, meta = arrays
     if split == "all":
-        note = " (not the run's data, so its split does not apply)" if saved else ""
+        note = " (--split all: training cases included)" if own else \
+            " (not the run's data, so its split does not apply)" if saved else ""
         return arrays, f"all {len(images)} images{note}"
     chosen = run_split(saved, groups)[split]
     recorded = saved.get(f"n_{split}")
@@ -241,10 +255,10 @@ def _cmd_evaluate(args):
     model = _load_model(args.model)
     h, w, channels = _image_model(model, args.model, "evaluate", args.image_size)
     saved = _run_config(args.model, "pass --kind and --layout")
-    block, split = _evaluation_data(args, saved, (h, w), channels)
+    block, split, own = _evaluation_data(args, saved, (h, w), channels)
     cfg = config_from_dict({"name": "evaluate", "data": block, "runs": [{"name": "evaluate"}]}, "tlunet evaluate")
     images, masks, meta, groups, source_data = load_data(cfg, cfg["data"])
-    (images, masks, meta), scored = _cases_to_score(args, saved, split, (images, masks, meta), groups)
+    (images, masks, meta), scored = _cases_to_score(args, saved, split, (images, masks, meta), groups, own)
     try:
         rows, _ = evaluate_cases(model, images, masks, meta, **settings)
     except BadModelOutput as e:  # the probe passed; some image did not

@@ -463,11 +463,12 @@ class RunCheckpoint(keras.callbacks.Callback):
 def _callbacks(run_dir, monitor, mode, patience, tensorboard, extra):
     os.makedirs(run_dir, exist_ok=True)
     extra = list(extra or [])
-    schedules = [c for c in extra if isinstance(c, (keras.callbacks.LearningRateScheduler,
-                                                    keras.callbacks.ReduceLROnPlateau))]
-    # the schedule first, so the rate it sets is in the logs the checkpoint records
-    callbacks = schedules + [RunCheckpoint(run_dir, monitor, mode, patience=patience, restore_best=bool(patience))]
-    extra = [c for c in extra if c not in schedules]
+    # the schedule first, so the rate it sets is in the logs the checkpoint records; the BatchNorm
+    # recompute first, so the checkpoint saves the statistics it set
+    first = [c for c in extra if isinstance(c, (keras.callbacks.LearningRateScheduler,
+                                                keras.callbacks.ReduceLROnPlateau, _EpochBatchNorm))]
+    callbacks = first + [RunCheckpoint(run_dir, monitor, mode, patience=patience, restore_best=bool(patience))]
+    extra = [c for c in extra if c not in first]
     if tensorboard:
         try:
             import tensorboard  # noqa: F401 - tf.summary needs it
@@ -488,6 +489,36 @@ def _epoch_clock(dataset, depth=64):
             return clock
         dataset = getattr(dataset, "_input_dataset", None)
     return None
+
+
+class _EpochBatchNorm(keras.callbacks.Callback):
+    """`precise_bn` over at most `max_batches` of `data` when each epoch's training ends, before its
+    validation and checkpoint, so validation Dice, the choice of the best epoch and `best.keras` use
+    statistics of that epoch's weights. Training is unchanged: a BatchNorm that trains normalises
+    with the batch's own statistics, not the moving ones."""
+
+    def __init__(self, data, max_batches=50):
+        super().__init__()
+        self.data, self.max_batches, self.done = data, max_batches, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.done = False
+
+    def on_test_begin(self, logs=None):  # the validation inside `fit`
+        self._recompute()
+
+    def on_epoch_end(self, epoch, logs=None):  # a fit without validation data
+        self._recompute()
+
+    def _recompute(self):
+        if not self.done:
+            precise_bn(self.model, self.data, self.max_batches)
+            self.done = True
+
+
+def _rereadable(dataset):
+    """Whether `precise_bn` can read `dataset` again after `fit` has: a tf.data dataset or a PyDataset."""
+    return hasattr(dataset, "take") or isinstance(dataset, keras.utils.PyDataset)
 
 
 class _DataEpoch(keras.callbacks.Callback):
@@ -527,12 +558,14 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
             resumed run replays the uninterrupted run's batches; `run_stages` gives each stage its
             own passes. A tf.data dataset of your own restarts its shuffling on a resume, as in
             Keras.
-        recompute_bn: after training, set the BatchNorm moving statistics to the average batch
-            statistics of the final weights (`precise_bn`). Keras' moving averages (momentum 0.99)
-            lag the weights after a few hundred steps, so a short run would predict with
-            statistics of its early epochs. Skipped (with a warning) under a distribution strategy.
+        recompute_bn: set the BatchNorm moving statistics to the average batch statistics of the
+            weights (`precise_bn`) at the end of each epoch (before its validation and checkpoint,
+            from at most 50 batches) and after training. Keras' moving averages (momentum 0.99) lag
+            the weights after a few hundred steps, so a short run would validate and predict with
+            statistics of its early epochs. Skipped, with a warning, under a distribution strategy
+            or when the data cannot be read again (a Python generator: pass `bn_data`).
         bn_data: the batches `precise_bn` averages over (default: `train_ds`); best without
-            augmentation, shuffled, at the training batch size.
+            augmentation, shuffled, at the training batch size. A tf.data dataset or a PyDataset.
 
     Returns:
         dict of lists: the history of all epochs of the run so far (read back from history.csv).
@@ -557,14 +590,30 @@ def fit(model, train_ds, val_ds=None, *, run_dir, epochs, monitor=None, patience
     clock = _epoch_clock(train_ds)
     if clock is not None:  # tlunet pipelines: epoch k's batches depend on k alone, so a resume replays them
         callbacks.append(_DataEpoch(clock, data_epoch))
+    bn_data = _batchnorm_data(recompute_bn, train_ds if bn_data is None else bn_data)
+    if bn_data is not None:
+        callbacks.append(_EpochBatchNorm(bn_data))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose, shuffle=False,  # tf.data shuffles
               callbacks=_callbacks(run_dir, monitor, mode, patience, tensorboard, callbacks))
-    if recompute_bn and tf.distribute.has_strategy():
-        warnings.warn("fit: BatchNorm moving statistics are not recomputed under a distribution strategy; the model "
-                      "keeps Keras' running averages (pass recompute_bn=False to silence this)", stacklevel=2)
-    elif recompute_bn:
-        precise_bn(model, train_ds if bn_data is None else bn_data)
+    if bn_data is not None:  # the final (or restored best) weights, from more batches
+        precise_bn(model, bn_data)
     return read_history(os.path.join(run_dir, "history.csv"))
+
+
+def _batchnorm_data(recompute_bn, data):
+    """`data` when `fit` can recompute BatchNorm statistics from it; else None, with a warning if
+    `recompute_bn` asked for it."""
+    if not recompute_bn:
+        return None
+    if tf.distribute.has_strategy():
+        why = "under a distribution strategy"
+    elif not _rereadable(data):
+        why = f"from a {type(data).__name__}, which cannot be read again (pass bn_data=, a tf.data dataset)"
+    else:
+        return data
+    warnings.warn(f"fit: BatchNorm moving statistics are not recomputed {why}; the model keeps Keras' running "
+                  "averages (recompute_bn=False silences this)", stacklevel=3)
+    return None
 
 
 def read_history(path):
@@ -590,7 +639,7 @@ def precise_bn(model, dataset, max_batches=200):
 
     Args:
         model: a Keras model, after training.
-        dataset: batches of inputs (or (inputs, targets) pairs) drawn like the training data:
+        dataset: a tf.data dataset or PyDataset of inputs (or (inputs, targets) pairs) drawn like the training data:
             shuffled (batches of one subject's neighbouring files would understate the variance),
             without augmentation, at the training batch size.
         max_batches: at most this many batches are used (the first ones: shuffle first).
@@ -615,7 +664,9 @@ def precise_bn(model, dataset, max_batches=200):
         for l in layers:
             l.momentum = 0.0  # a training-mode call then leaves that batch's statistics in the moving averages
         seen = 0
-        for batch in dataset.take(max_batches):
+        batches_of = dataset.take(max_batches) if hasattr(dataset, "take") else \
+            (dataset[i] for i in range(min(len(dataset), max_batches)))  # a PyDataset
+        for batch in batches_of:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             size = int(keras.ops.shape(x)[0])
             model(x, training=True)
@@ -685,10 +736,10 @@ def run_stages(model, stages, train_ds, val_ds=None, *, run_dir, loss="bce_dice"
             continue
         compile_model(model, loss=loss, learning_rate=stage.get("learning_rate", 1e-3),
                       optimizer=optimizer, jit_compile=jit_compile, gradient_accumulation=gradient_accumulation)
-        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"], recompute_bn=False,
+        # with bn_data, fit recomputes this stage's trainable BatchNorm layers each epoch and at its end
+        history = fit(model, train_ds, val_ds, run_dir=stage_dir, epochs=stage["epochs"],
+                      recompute_bn=bn_data is not None, bn_data=bn_data,
                       lr_schedule=stage.get("lr_schedule", lr_schedule), data_epoch=data_epoch, **fit_kwargs)
-        if bn_data is not None:  # this stage's trainable BatchNorm layers, under its final weights
-            precise_bn(model, bn_data)
         values = model.get_weights()
         atomic_write(weights, lambda tmp: np.savez(tmp, **{f"w{k}": w for k, w in enumerate(values)}),
                      needed=sum(w.nbytes for w in values))

@@ -33,8 +33,11 @@ def version():
 
 def suggestion(name, choices):
     """' (did you mean X?)' for the closest of `choices` to `name`, or '' when none is close."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    def fold(text):  # `Decoder`, `UNet`, `d-4` are near misses of `decoder`, `unet`, `D-4`
+        return str(text).lower().replace("-", "_")
+    by_folded = {fold(c): str(c) for c in choices}
+    close = difflib.get_close_matches(fold(name), list(by_folded), n=1, cutoff=0.6)
+    return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""
 
 
 def _one_of(what, choices):
@@ -86,6 +89,7 @@ def _experiment_list(args, names):
         print("tlunet experiment: name an experiment (or a config.yaml); these ship with tlunet:\n", file=sys.stderr)
     for name, about in names["experiments"].items():
         print(f"{name:28s} {about}")
+        print(f"{'':28s} profiles: {', '.join(names['profiles'].get(name, [])) or 'none'}")
     print("\nRun one with `tlunet experiment NAME --quick`; results go to ./results/NAME/.")
     return 0 if args.list else 2
 

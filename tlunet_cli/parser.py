@@ -20,8 +20,8 @@ def _add_models(sub, names):
     p.add_argument("--strategies", default="wang2023",
                    help="a preset set (wang2023, cheng2021_vunet, cheng2021_xunet) or presets joined by ';' "
                         "(default: %(default)s)")
-    p.add_argument("--input-shape", type=_shape)
-    p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--input-shape", type=_shape, help="e.g. 256,256,1 (default: the model's paper's shape)")
+    p.add_argument("--classes", type=int, default=1, help="output classes (default: %(default)s)")
     p.add_argument("--reference", help="model to compare against, e.g. unet (Wang 2023's 31M U-Net)")
     p.add_argument("--out", help="write OUT.md and OUT.csv")
 
@@ -32,7 +32,8 @@ def _add_experiment(sub, names):
                    "), or a config.yaml path")
     p.add_argument("--list", action="store_true", help="list the experiments that ship with tlunet")
     p.add_argument("--quick", action="store_true", help="the quick CPU profile (< 10 min)")
-    p.add_argument("--profile", help="a profile of the config, e.g. full")
+    p.add_argument("--profile", help="a profile of the config (`tlunet experiment --list` names each experiment's), "
+                                     "e.g. full")
     p.add_argument("--data", help="override the data root (HC18: `download` fetches the official files)")
     p.add_argument("--encoder-weights", help="pretrained encoder weights file for the runs that fine-tune "
                                              "an ImageNet encoder (used when ImageNet cannot be downloaded)")
@@ -78,14 +79,17 @@ def _add_train(sub, names):
                    "subject (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                   help="Keras mixed-precision policy (default: float32 throughout)")
     p.add_argument("--xla", action="store_true", help="jit_compile the training step")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config key, e.g. --set training.lr_schedule.name=cosine (checked like a config file)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "poly", "plateau"],
                    help="learning-rate schedule (options via a config: training.lr_schedule) (default: constant)")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs in the run's stage folder")
-    p.add_argument("--distribute", choices=["mirrored", "multi_worker"])
+    p.add_argument("--distribute", choices=["mirrored", "multi_worker"],
+                   help="tf.distribute: all local GPUs, or the workers TF_CONFIG names (run the same command on "
+                        "each) (default: one device)")
     p.add_argument("--name", default="train", help="results sub-folder (default: %(default)s)")
     p.add_argument("--out", default="results", help="(default: %(default)s)")
 
@@ -106,7 +110,7 @@ def _add_evaluate(sub, names):
     p = sub.add_parser("evaluate", help="Dice, mIoU, pixel accuracy (and on HC18 the challenge's DF, ADF, full-size "
                        "Dice and Hausdorff) of a model")
     p.add_argument("model", help="a .keras file")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="data root (a run's own data: its test cases are scored)")
     p.add_argument("--split", choices=["test", "val", "train", "all"],
                    help="which cases of the run's split to score when MODEL is a run's model.keras and --data is "
                         "the run's data (default: test); other data is scored whole (all)")

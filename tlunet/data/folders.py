@@ -52,7 +52,17 @@ def _check_pair_folders(root, images, masks, layout):
         problem = f"no {' or '.join(d + '/' for d in missing)} folder"
     named = f" (layout {layout})" if layout else ""
     raise DataError(f"{root}: {problem}; expected {os.path.join(root, images)}/ and {os.path.join(root, masks)}/ "
-                    f"with matching file names{named}{did_you_mean_parent(root, (images, masks), (images, masks))}")
+                    f"with matching file names{named}{did_you_mean_parent(root, (images, masks), (images, masks))}"
+                    f"{_other_layout(root)}")
+
+
+def _other_layout(root):
+    """'; it looks like layout X' (or HC18) when `root` holds another layout's folders, else ''."""
+    if os.path.isdir(os.path.join(root, "training_set")):
+        return "; it looks like HC18 (--kind hc18)"
+    fits = [name for name, (i, m, _) in LAYOUTS.items() if os.path.isdir(os.path.join(root, i))
+            and os.path.isdir(os.path.join(root, m))]
+    return f"; it has the folders of layout {fits[0]} (--layout {fits[0]})" if fits else ""
 
 
 def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classes=None):

@@ -281,10 +281,12 @@ def check_not_frozen_random(cfg, path, run):
         name = stage["strategy"]
         preset = get_strategy(name) if isinstance(name, str) else None
         if preset is not None and (preset.trainable is not None or preset.frozen):
-            raise ConfigError(
-                f"{path}: run {run['name']!r}: strategy {name!r} freezes part of {mcfg['name']}, which starts "
-                "from random weights (no model.encoder_weights). Give it pretrained weights (model.encoder_weights "
-                "imagenet or a weights file) or train every layer (strategy: all).")
+            how = ("Give it pretrained weights (model.encoder_weights imagenet or a weights file) or train every "
+                   "layer (strategy: all)." if tlunet.get_model_info(mcfg["name"]).pretrained_encoder else
+                   f"{mcfg['name']} has no pretrained encoder: train every layer (strategy: all), or start it from "
+                   "a source model of the experiment (init: pretrain, as Cheng & Lam's X-Unet).")
+            raise ConfigError(f"{path}: run {run['name']!r}: strategy {name!r} freezes part of {mcfg['name']}, "
+                              f"which starts from random weights (no model.encoder_weights). {how}")
 
 
 def resolve_path(cfg, path):

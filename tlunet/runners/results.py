@@ -180,8 +180,11 @@ def read_done(run_dir, cfg=None, run=None, defaults=None):
         if changes:
             shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
             what = "a finished run" if os.path.isfile(done) else "an unfinished run (it would resume)"
+            older = any(c.startswith("training.precise_bn: False -> True") for c in changes)
+            hint = (" It was made before tlunet recomputed BatchNorm statistics by default: --set "
+                    "training.precise_bn=false reuses it as it is." if older else "")
             raise ConfigError(f"{run_dir} holds {what} made with other settings ({shown}). Its result would not "
-                              "be this config's: use another --out, or delete that folder to rerun it.")
+                              f"be this config's: use another --out, or delete that folder to rerun it.{hint}")
     if not os.path.isfile(done):
         return None
     try:
