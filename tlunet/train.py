@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -626,6 +627,25 @@ def read_history(path):
     return {k: [number(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
+# model -> (its BatchNorm layers, their traced forward pass): `precise_bn` runs every epoch, and an
+# eager forward pass costs several times a traced one. Weak keys: a model that is gone takes its trace.
+_FORWARDS = weakref.WeakKeyDictionary()
+
+
+def _statistics_forward(model, layers):
+    """A traced `model(x, training=True)` returning each of `layers`' (moving mean, moving variance)
+    after the call; traced with the layers' momentum at 0, as `precise_bn` sets it."""
+    key = [id(l) for l in layers]
+    cached = _FORWARDS.get(model)
+    if cached is None or cached[0] != key:
+        @tf.function(reduce_retracing=True, autograph=False)
+        def forward(x):
+            model(x, training=True)
+            return [(l.moving_mean.value, l.moving_variance.value) for l in layers]
+        cached = _FORWARDS[model] = (key, forward)
+    return cached[1]
+
+
 def precise_bn(model, dataset, max_batches=200):
     """Sets the moving mean and variance of every trainable BatchNormalization layer of `model` to the
     average of its batch statistics over `dataset`, each batch weighted by its size (PreciseBN: Wu &
@@ -666,14 +686,14 @@ def precise_bn(model, dataset, max_batches=200):
         seen = 0
         batches_of = dataset.take(max_batches) if hasattr(dataset, "take") else \
             (dataset[i] for i in range(min(len(dataset), max_batches)))  # a PyDataset
+        forward = _statistics_forward(model, layers)
         for batch in batches_of:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             size = int(keras.ops.shape(x)[0])
-            model(x, training=True)
             batches, seen = batches + 1, seen + size
-            for total, l in zip(sums, layers):  # weighted by batch size: a short last batch counts less
-                total[0] = total[0] + size * keras.ops.convert_to_numpy(l.moving_mean)
-                total[1] = total[1] + size * keras.ops.convert_to_numpy(l.moving_variance)
+            for total, (mean, variance) in zip(sums, forward(x)):  # weighted by size: a short batch counts less
+                total[0] = total[0] + size * mean.numpy()
+                total[1] = total[1] + size * variance.numpy()
         if not batches:
             raise ValueError("precise_bn: the dataset has no batches")
         for total, l in zip(sums, layers):
