@@ -400,3 +400,9 @@ def test_savedmodel_serve_float_refuses_uint8_range(served):
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"float32 images must be finite and in \[0, 1\] .*found min\] \[\d+\] \[max\] \[\d+\]"):
         served.serve_float(_SCAN)  # cast to float 0-255 by the float32 signature, then caught
+
+
+@pytest.mark.parametrize("endpoint", ["serve", "serve_float"])
+def test_savedmodel_empty_batch_is_an_empty_result(served, endpoint):
+    out = getattr(served, endpoint)(np.zeros((0, 24, 40, 1), np.float32))  # before: a convolution's shape error
+    assert out.shape == (0, 24, 40, 1) and out.dtype == tf.float32

@@ -46,15 +46,15 @@ def _train_args(data, out, *extra, epochs=3):
             "--set", "model.filters=[4,8,16,32,64]", "--out", str(out), "--name", "mw", *extra]
 
 
-def _start_workers(data, out, ports, tmp, epochs=3):
+def _start_workers(data, out, ports, tmp, epochs=3, extra=()):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     tmp.mkdir(exist_ok=True)
     for i in range(len(ports)):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp)}
-        procs.append(subprocess.Popen(_train_args(data, out, "--distribute", "multi_worker", epochs=epochs), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(_train_args(data, out, "--distribute", "multi_worker", *extra, epochs=epochs),
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
 
@@ -102,6 +102,28 @@ def test_two_workers_train_to_identical_weights_and_only_the_chief_writes(uninte
     assert len(history) == 1 + 6 and history[0].startswith("epoch")  # one writer: one header, 6 epochs
     assert sorted(os.listdir(out)) == ["mw"]  # worker 1 wrote nothing here
     assert not [d for d in os.listdir(tmp / "tmp") if d.startswith("tlunet-worker")]  # and cleaned up its own
+
+
+@pytest.mark.slow
+def test_two_workers_train_any_data_set_size(tmp_path):
+    """27 images split 9/9/9 at a global batch of 8: each part ends in a batch of 1, which would hand
+    worker 1 no image (in training, validation and the test predictions alike). Training drops it
+    (and says so); validation and the test cases are all scored."""
+    args = ("--batch-size", "8", "--holdout", "0.3333333")
+    data = _pairs(tmp_path / "data", n=27)
+    results = _finish(_start_workers(data, tmp_path / "out", _free_ports(2), tmp_path / "tmp", epochs=2, extra=args))
+    for code, stdout, stderr in results:
+        assert code == 0, stderr[-3000:]
+        assert "9 training images at a global batch of 8 over 2 replicas: each epoch leaves out the last 1" in stderr
+    assert _digest(results[0][1] + results[0][2]) == _digest(results[1][1] + results[1][2])
+    run = tmp_path / "out" / "mw" / "all"
+    config = (run / "config.yaml").read_text()
+    assert "n_train: 9" in config and "n_val: 9" in config and "n_test: 9" in config
+    done = json.loads((run / "done.json").read_text())
+    assert done["epochs"] == 2 and np.isfinite(done["dice"])
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_dice" in history[0]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 9  # every test case scored
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 """SavedModel export (reloaded with tf.saved_model.load) and folder prediction."""
 
 import csv
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,3 +187,72 @@ def test_predict_folder_largest_component(tmp_path):
         predict_folder(model, str(folder), str(tmp_path / f"out{keep}"), largest_component=keep)
         mask = np.asarray(Image.open(tmp_path / f"out{keep}" / "masks" / "scan.png")) > 0
         assert ndimage.label(mask, np.ones((3, 3)))[1] == regions
+
+
+def test_savedmodel_empty_batch_gives_an_empty_result(tmp_path):
+    """A batch of no images (a batching server's empty batch) gives float32 (0, H, W, classes) from
+    every endpoint rather than a failure inside a convolution; the channel check still applies."""
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), classes=3, filters=(4, 8, 16, 32, 64))
+    served = tf.saved_model.load(export_savedmodel(model, tmp_path / "sm", tta="flip"))
+    for images, endpoint in ((np.zeros((0, 24, 40, 1), np.uint8), "serve"),
+                             (np.zeros((0, 24, 40, 3), np.uint8), "serve"),  # RGB, converted to grey
+                             (np.zeros((0, 50, 70, 1), np.float32), "serve"),
+                             (np.zeros((0, 24, 40, 1), np.float32), "serve_float")):
+        out = getattr(served, endpoint)(images)
+        assert out.dtype == tf.float32 and out.shape == (0, *images.shape[1:3], 3), (endpoint, images.shape)
+    assert served.serve_model(np.zeros((0, 32, 32, 1), np.float32)).shape == (0, 32, 32, 3)
+    out = served.signatures["serving_default"](images=tf.zeros((0, 24, 40, 1), tf.uint8))
+    assert out["output_0"].shape == (0, 24, 40, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images have 4 channels"):
+        served.serve(np.zeros((0, 24, 40, 4), np.uint8))
+    x = (np.random.default_rng(0).random((2, 32, 32, 1)) * 255).astype(np.uint8)  # a batch: as before
+    flip = (model(x / 255.0) + model(x[:, :, ::-1] / 255.0)[:, :, ::-1]) / 2
+    np.testing.assert_allclose(served.serve(x).numpy(), flip, atol=1e-5)
+
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_export_removes_what_killed_exports_left_and_nothing_else(tmp_path):
+    """A killed export cannot clean up: the next export into the same folder removes temporaries whose
+    process is gone, and keeps those of live processes, of other machines, and any other file."""
+    from tlunet.export import _host_tag, export_model
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        host, dead = _host_tag(), _dead_pid()
+        leftovers = [f".export-{dead}-{host}-0123456789ab", f".export-{dead}-{host}-ba9876543210.tflite"]
+        kept = [f".export-{os.getppid()}-{host}-aaaaaaaaaaaa", f".export-{sleeper.pid}-{host}-bbbbbbbbbbbb.onnx",
+                f".export-{dead}-{'0' * 6 if host != '0' * 6 else '1' * 6}-cccccccccccc",  # another machine's
+                ".export-dddddddddddd", ".exported-notes", "results"]
+        for name in leftovers + kept:
+            if "." in name[1:]:
+                (tmp_path / name).write_bytes(b"partial")
+            else:
+                (tmp_path / name).mkdir()
+                (tmp_path / name / "saved_model.pb").write_bytes(b"partial")
+        export_savedmodel(model, tmp_path / "sm")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["sm"])
+        (tmp_path / leftovers[1]).write_bytes(b"partial")  # the file exports clean up too
+        export_model(model, tmp_path / "m.tflite", format="litert")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["sm", "m.tflite"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_failing_export_removes_its_temporary(tmp_path, monkeypatch):
+    """A SavedModel written whole into its temporary, then the rename into place fails."""
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8, 16, 32, 64))
+
+    def fail(src, dst):
+        assert os.path.isfile(os.path.join(src, "saved_model.pb"))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_savedmodel(model, tmp_path / "sm")
+    assert list(tmp_path.iterdir()) == []

@@ -13,12 +13,18 @@ way the collective strategy refuses:
 The first also breaks MirroredStrategy when the first batch splits unevenly over the replicas (a
 batch of 3 on 2 devices: "Inputs to operation AddN must have the same size and shape").
 
-`patch_for_distribution(model)` applies (1) to one model and (2) to the trainer module (which
-leaves other strategies untouched: it only changes the multi-worker branch).
+3. `predict` hands each replica ceil(batch / replicas) images of a batch in turn, so a last batch
+   smaller than that (9 images at batch 8 on 2 replicas: 1 and 0) leaves a replica none, and the
+   model fails inside (a convolution's or BatchNorm's shapes). Such a batch is padded with copies
+   of the last image, whose outputs are dropped.
+
+`patch_for_distribution(model)` applies (1) and (3) to one model and (2) to the trainer module
+(which leaves other strategies untouched: it only changes the multi-worker branch).
 """
 
 import types
 
+import numpy as np
 import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer as _trainer
@@ -50,9 +56,33 @@ def _reduce_per_replica(values, strategy, reduction):
     return _original_reduce(values, strategy, reduction)
 
 
+def _predict_every_replica(predict):
+    """`predict` (a bound method) that pads an array's last batch where it would leave a replica
+    of the model's strategy without images, and returns the outputs of the given images only."""
+    from tlunet.data.pipeline import splits_over_replicas
+
+    def run(x, batch_size=None, *args, **kwargs):
+        self = predict.__self__
+        replicas = self.distribute_strategy.num_replicas_in_sync if self.distribute_strategy else 1
+        n = len(x) if isinstance(x, (np.ndarray, tf.Tensor)) and len(x.shape) else 0
+        batch = batch_size or 32  # Keras' default
+        rest = n % batch
+        if replicas == 1 or not rest or splits_over_replicas(rest, replicas):
+            return predict(x, batch_size, *args, **kwargs)
+        pad = np.repeat(np.asarray(x[-1:]), batch - rest, axis=0)  # a full batch splits, or none does
+        out = predict(np.concatenate([np.asarray(x), pad]), batch_size, *args, **kwargs)
+        return tree.map_structure(lambda y: y[:n], out)
+
+    return run
+
+
 def patch_for_distribution(model):
     """Lets `model.fit` run under MultiWorkerMirroredStrategy, and under MirroredStrategy when the
-    first batch splits unevenly over the replicas (see the module docstring)."""
+    first batch splits unevenly over the replicas, and `model.predict` on an array whose last batch
+    would leave a replica empty (see the module docstring)."""
     model._maybe_symbolic_build = types.MethodType(_local_symbolic_build, model)
+    if not getattr(model.predict, "pads_for_replicas", False):
+        model.predict = _predict_every_replica(model.predict)
+        model.predict.pads_for_replicas = True
     _trainer.reduce_per_replica = _reduce_per_replica
     return model

@@ -9,11 +9,14 @@
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import numbers
 import os
+import re
 import secrets
 import shutil
+import socket
 import warnings
 
 import keras
@@ -37,6 +40,9 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     - `serve_model(images)`: the Keras model itself on float32 [0, 1] input at its own size (what
       `model.export()` gives; no resizing and no range check).
 
+    An empty batch (0, H, W, C) gives an empty result, float32 (0, H, W, classes), from every
+    endpoint (after the same channel and range checks), as a batching server may send one.
+
     Channels. `serve` and `serve_float` take the model's channel count, and for a one-channel
     (grey) model also RGB images, converted to grey as `tlunet predict` reads an RGB file (PIL's
     ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B) / 65536, rounded for uint8), and for a
@@ -57,7 +63,9 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     uint8, or use `serve_float`, where a uint8 image becomes 0-255 floats and fails the check.
 
     The directory is written under a temporary name and renamed when complete, so an interrupted
-    export never leaves something that looks like a finished SavedModel. Its folders and files get
+    export never leaves something that looks like a finished SavedModel; an export that fails
+    removes its temporary, and one killed outright (SIGKILL, power loss) leaves it for the next
+    export into the same folder to remove (`_new_temporary`). Its folders and files get
     the permissions `os.makedirs` and `open` give (the umask's), so a server running as another
     user can read them where the umask allows it.
 
@@ -111,11 +119,14 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
         # at the scan's own size, after the resize, as the run's evaluation keeps it
         return keep_largest_region(y, threshold) if largest_component else y
 
+    classes = model.output_shape[-1]
+
     @tf.function
     def serve(images):
         if images.dtype == tf.uint8:
-            return at_input_size(tf.cast(_model_channels(images, channels), tf.float32) / 255.0)
-        return at_input_size(_model_channels(_unit_range(images), channels))
+            return _unless_empty(at_input_size, tf.cast(_model_channels(images, channels), tf.float32) / 255.0,
+                                 classes)
+        return _unless_empty(at_input_size, _model_channels(_unit_range(images), channels), classes)
 
     # The uint8 trace first: it is the endpoint's signature (and serving_default), as before.
     serve.get_concrete_function(spec(tf.uint8))
@@ -127,7 +138,7 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
 
     @tf.function(input_signature=[tf.TensorSpec([None, *size, channels], tf.float32, name="images")])
     def serve_model(images):
-        return tf.cast(model(images, training=False), tf.float32)
+        return _unless_empty(lambda x: tf.cast(model(x, training=False), tf.float32), images, classes)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -222,15 +233,62 @@ def _grey(images):
     return tf.minimum(luma, 1.0)  # the weights sum to 1; rounding must not leave [0, 1]
 
 
+def _unless_empty(run, images, classes):
+    """`run(images)`, or for an empty batch float32 (0, H, W, classes) zeros: a model's layers
+    (convolutions, BatchNorm) fail on a batch of no images."""
+    shape = tf.shape(images)
+    return tf.cond(shape[0] > 0, lambda: run(images), lambda: tf.zeros([0, shape[1], shape[2], classes], tf.float32))
+
+
+def _host_tag():
+    """6 hex digits naming this machine in temporary names: a PID means something on its own host only."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _alive(pid):
+    """Whether process `pid` may exist on this machine: False only when it surely does not."""
+    if os.name == "nt":  # os.kill ends the process there, whatever the signal: keep every temporary
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _remove_leftovers(parent):
+    """Removes the `.export-<pid>-<host>-*` temporaries in `parent` of exports on this machine whose
+    process is gone (killed before it could clean up); never those of a live process (one whose PID
+    was taken again keeps its leftover until that process ends), nor of another machine sharing
+    the folder, where the PID says nothing."""
+    pattern = re.compile(rf"\.export-(\d+)-{_host_tag()}-[0-9a-f]+(\.[a-z]+)?")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            path = os.path.join(parent, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _remove(path)
+
+
 def _new_temporary(parent, suffix="", directory=False):
-    """Creates and returns a new hidden `.export-<random><suffix>` file (or folder) in `parent`.
+    """Creates and returns a new hidden `.export-<pid>-<host>-<random><suffix>` file (or folder) in
+    `parent`, first removing the temporaries that killed exports left there (`_remove_leftovers`).
 
     Made with a plain `os.open(..., 0o666)` / `os.mkdir` rather than `tempfile`, whose files are
     0600 and folders 0700 whatever the umask, so once renamed into place the export has the
     permissions the umask (and any default ACL) gives any other new file: a server running as
     another user can read it where they allow it."""
+    _remove_leftovers(parent)
     for _ in range(100):
-        tmp = os.path.join(parent, f".export-{secrets.token_hex(6)}{suffix}")
+        tmp = os.path.join(parent, f".export-{os.getpid()}-{_host_tag()}-{secrets.token_hex(6)}{suffix}")
         try:
             if directory:
                 os.mkdir(tmp)

@@ -11,6 +11,7 @@ from tlunet.data.augment import augment_volume
 from tlunet.data.epochs import EpochClock, attach_clock
 from tlunet.data.folders import list_files
 from tlunet.data.io import DataError
+from tlunet.data.pipeline import batch_over_replicas
 
 
 def hu_window(volume, window=(-1250.0, 250.0)):
@@ -230,4 +231,6 @@ def make_patch_dataset(volumes, masks, patch_size, batch_size=2, patches_per_vol
         return augment_volume(image, mask, seed_pair, rot90=rot90) if augment else (image, mask)
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return attach_clock(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), clock)
+    # under a distribution strategy no replica may get an empty batch (a BatchNorm on 0 patches fails)
+    ds = batch_over_replicas(ds, len(volumes) * patches_per_volume, batch_size, training=not fixed, what="patches")
+    return attach_clock(ds.prefetch(tf.data.AUTOTUNE), clock)

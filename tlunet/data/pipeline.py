@@ -6,6 +6,7 @@ normalise for their encoder inside the graph); masks float32 (H, W, 1) holding 0
 class indices (multi-class, use a sparse loss).
 """
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ from PIL import Image
 from tlunet.data.augment import augment_batch, get_augment_config
 from tlunet.data.epochs import EpochClock, attach_clock, epoch_numbers, pass_key
 from tlunet.data.io import check_same_size, read_image, read_mask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,7 +115,7 @@ def load_arrays(data, size, channels=1, keep_aspect=False, workers=8):
 
 
 def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0, repeat=False,
-                 drop_remainder=False):
+                 drop_remainder=None):
     """A seeded, deterministic tf.data pipeline over in-memory arrays.
 
     Args:
@@ -127,7 +130,18 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
             resumed run sees what an uninterrupted one would.
         repeat: repeat forever (for Keras' `model.fit(steps_per_epoch=...)`; passes then follow one
             long-lived iterator, and a resumed run does not replay them).
-        drop_remainder: drop a last partial batch.
+        drop_remainder: drop a last partial batch. None (default): False, except for a training
+            stream (`shuffle=True`) built inside a tf.distribute strategy's scope (as tlunet's
+            runners build theirs), which drops it; see "Under a distribution strategy".
+
+    Under a distribution strategy (a dataset built inside `strategy.scope()`), `batch_size` is the
+    global batch, which tf.distribute splits over the replicas, ceil(batch / replicas) to each in
+    turn; a replica left without images fails inside the model (BatchNorm's or a convolution's
+    shapes). So a shuffled (training) dataset drops each pass's last partial batch, up to
+    `batch_size - 1` images an epoch (different ones every epoch; logged when built), and an
+    unshuffled one (validation, test) keeps every image, re-cutting its last batches where the
+    remainder would leave a replica empty. A `batch_size` that cannot give every replica an
+    image, or fewer training images than one batch, is a ValueError.
 
     Returns:
         `tf.data.Dataset` of (float32 image in [0, 1], float32 mask (…, 1)) batches.
@@ -150,7 +164,7 @@ def make_dataset(images, masks, batch_size=8, augment=None, shuffle=True, seed=0
     return _seeded_batches((images, masks), prepare, batch_size, shuffle, seed, repeat, drop_remainder)
 
 
-def _seeded_batches(arrays, prepare, batch_size, shuffle, seed, repeat=False, drop_remainder=False):
+def _seeded_batches(arrays, prepare, batch_size, shuffle, seed, repeat=False, drop_remainder=None):
     """Batches of `arrays`, `prepare(batch, seeds)` mapped in parallel with a deterministic order, and
     prefetched. Each pass over the data is shuffled (seeded) and each sample gets its own
     stateless-RNG seed, both drawn from (seed, pass number) alone (`tlunet.data.epochs`): a run
@@ -170,16 +184,20 @@ def _seeded_batches(arrays, prepare, batch_size, shuffle, seed, repeat=False, dr
 
     ds = epoch_numbers(clock, forever=repeat).flat_map(one_pass)
     ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY if repeat else n))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if repeat:  # one endless stream: every batch is whole
+        ds = ds.batch(batch_size, drop_remainder=bool(drop_remainder))
+    else:
+        ds = batch_over_replicas(ds, n, batch_size, training=shuffle, drop_remainder=drop_remainder)
     ds = ds.map(lambda index, seeds: prepare(tuple(tf.gather(c, index) for c in constants), seeds),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return attach_clock(ds.prefetch(tf.data.AUTOTUNE), clock)
 
 
 def make_classification_dataset(frames, labels, size, batch_size=16, augment=None, shuffle=True,
-                                seed=0, channels=1):
+                                seed=0, channels=1, drop_remainder=None):
     """Frames (list of uint8 (H, W, C) arrays of any sizes) and integer labels -> batches of
-    (float32 (size..., C) in [0, 1], int32 label), resized bilinearly, augmented image-only."""
+    (float32 (size..., C) in [0, 1], int32 label), resized bilinearly, augmented image-only.
+    `drop_remainder` and batching under a distribution strategy as in `make_dataset`."""
     if len(frames) != len(labels) or not len(frames):
         raise ValueError(f"{len(frames)} frames but {len(labels)} labels")
     images = np.stack([resize_pair(f[..., :channels], np.zeros(f.shape[:2], np.uint8), size)[0]
@@ -192,4 +210,85 @@ def make_classification_dataset(frames, labels, size, batch_size=16, augment=Non
             x, _ = augment_batch(x, tf.zeros_like(x[..., :1]), seeds, cfg)
         return x, pair[1]
 
-    return _seeded_batches((images, np.asarray(labels, np.int32)), prepare, batch_size, shuffle, seed)
+    return _seeded_batches((images, np.asarray(labels, np.int32)), prepare, batch_size, shuffle, seed,
+                           drop_remainder=drop_remainder)
+
+
+# --------------------------------------------------------------------- batches under tf.distribute
+def replicas_in_sync():
+    """Replicas of the tf.distribute strategy whose scope is open: 1 outside any."""
+    return tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+
+
+def splits_over_replicas(batch, replicas):
+    """Whether a batch of `batch` samples gives each of `replicas` at least one: tf.distribute hands
+    ceil(batch / replicas) to one replica after another (6 over 4 replicas: 2, 2, 2, 0)."""
+    return batch >= 1 and -(-batch // -(-batch // replicas)) == replicas
+
+
+def batch_over_replicas(ds, n, batch_size, training, drop_remainder=None, what="images"):
+    """`ds`, whose every pass has `n` elements, batched at `batch_size` so that no replica of the
+    open distribution strategy is handed an empty batch (`distributed_batching`)."""
+    drop_remainder, sizes = distributed_batching(n, batch_size, training, drop_remainder, what)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if sizes is not None:  # batches of these sizes, in this order, every pass
+        ds = ds.rebatch(sizes).apply(tf.data.experimental.assert_cardinality(len(sizes)))
+    return ds
+
+
+def distributed_batching(n, batch_size, training, drop_remainder=None, what="images"):
+    """How to batch `n` samples at `batch_size` so that, under the open distribution strategy, no
+    replica gets an empty batch: (drop_remainder, sizes), where `sizes` (None: uniform batches)
+    lists one pass's batch sizes in order. Outside a strategy: (bool(drop_remainder), None).
+
+    `drop_remainder` None drops a training stream's last partial batch under a strategy (logged);
+    data kept whole (validation, test, or `drop_remainder=False`) re-cuts its last batches where the
+    remainder would leave a replica empty.
+
+    Raises:
+        ValueError: `batch_size` leaves a replica empty, fewer training samples than one batch, or
+            samples that no cut into batches spreads over every replica.
+    """
+    replicas = replicas_in_sync()
+    if replicas == 1:
+        return bool(drop_remainder), None
+    if not splits_over_replicas(batch_size, replicas):
+        raise ValueError(f"batch_size {batch_size} is the global batch, split over {replicas} replicas "
+                         f"ceil({batch_size}/{replicas}) to each in turn, which leaves a replica without "
+                         f"{what}; use a multiple of {replicas}")
+    rest = n % batch_size
+    if training if drop_remainder is None else drop_remainder:
+        if n < batch_size:
+            raise ValueError(f"{n} training {what}, fewer than one global batch of {batch_size}: under a "
+                             f"distribution strategy a partial batch is dropped; use batch_size <= {n}")
+        if rest:
+            log.warning("%d training %s at a global batch of %d over %d replicas: each epoch leaves out the "
+                        "last %d of its order (a partial batch could leave a replica empty)",
+                        n, what, batch_size, replicas, rest)
+        return True, None
+    if rest == 0 or splits_over_replicas(rest, replicas):
+        return False, None
+    return False, _batches_over_replicas(n, batch_size, replicas, what)
+
+
+def _batches_over_replicas(n, batch_size, replicas, what):
+    """Batch sizes covering `n` samples, each giving every replica one: full batches, then the
+    fewest batches of at most `batch_size` (else at most twice that) that re-cut the last ones."""
+    for cap in (batch_size, 2 * batch_size):
+        sizes = [b for b in range(replicas, cap + 1) if splits_over_replicas(b, replicas)]
+        fewest, last = [0], [0]  # the fewest batches that sum to a total, and the last one's size
+        for tail in range(n % batch_size, n + 1, batch_size):  # re-cut 0, 1, 2, ... full batches too
+            while len(fewest) <= tail:
+                total = len(fewest)
+                best = min(((fewest[total - b] + 1, -b) for b in sizes
+                            if b <= total and fewest[total - b] is not None), default=None)
+                fewest.append(best and best[0])
+                last.append(best and -best[1])
+            if fewest[tail] is not None:
+                cut = []
+                while tail:
+                    cut.append(last[tail])
+                    tail -= last[tail]
+                return [batch_size] * ((n - sum(cut)) // batch_size) + sorted(cut, reverse=True)
+    raise ValueError(f"{n} {what} cannot be cut into batches that give each of the {replicas} replicas one "
+                     f"(tf.distribute hands ceil(batch/{replicas}) to each in turn); use fewer replicas")
