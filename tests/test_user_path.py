@@ -196,8 +196,10 @@ def test_bad_model_file_is_one_line_from_the_console_script(tmp_path):
 def test_experiment_list_names_the_shipped_experiments(tmp_path):
     done = _console("experiment", "--list", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    names = [line.split()[0] for line in done.stdout.splitlines() if line and not line.startswith("Run ")]
+    lines = [line for line in done.stdout.splitlines() if line and not line.startswith(("Run ", " "))]
+    names = [line.split()[0] for line in lines]
     assert names == sorted(tlunet.list_experiments()) and "wang2023_fetal_head" in names
+    assert "profiles: quick, cpu, cpu_ensemble, cpu_final" in done.stdout  # each experiment's profiles
     bare = _console("experiment", cwd=tmp_path)
     assert bare.returncode == 2 and "wang2023_fetal_head" in bare.stdout
 
