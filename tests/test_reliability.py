@@ -313,3 +313,41 @@ def test_a_pixel_size_csv_saved_by_excel_reads(tmp_path):
     path = tmp_path / "sizes.csv"
     path.write_bytes("\ufefffilename,pixel size(mm)\r\na.png,0.12\r\n".encode("utf-8"))
     assert read_pixel_sizes(str(path)) == {"a.png": 0.12}
+
+
+def test_neighbours_a_reviewer_found(tmp_path, capsys):
+    """A 16-bit colour mask, a twice-given --set key, a 3D model's SavedModel export, a NaN model's
+    export and a user's own --csv file: each refused with its own message."""
+    import struct
+    import zlib
+
+    from tlunet.cli import main
+    from tlunet.data.io import DataError, read_mask
+    from tlunet.export import export_savedmodel
+    from tlunet.runners.config import parse_overrides
+
+    mask = np.zeros((8, 8), np.uint16)
+    mask[2:5, 2:5] = 1
+    rows = b"".join(b"\x00" + np.stack([mask] * 3, -1)[y].astype(">u2").tobytes() for y in range(8))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    (tmp_path / "rgb16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+                                        + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="a 16-bit RGB mask, which Pillow reads only to its high byte"):
+        read_mask(str(tmp_path / "rgb16.png"))
+    with pytest.raises(ValueError, match="--set training.epochs is given twice"):
+        parse_overrides(["training.epochs=2", "training.epochs=3"])
+    volume = tlunet.build_model("unet3d", input_shape=(16, 32, 32, 1), filters=(4, 8))
+    with pytest.raises(ValueError, match="the SavedModel export .* is for 2D models"):
+        export_savedmodel(volume, str(tmp_path / "sm3"))
+    model = tlunet.build_model("unet", input_shape=(32, 32, 1), filters=(4, 8))
+    conv = next(layer for layer in reversed(model.layers) if hasattr(layer, "kernel"))
+    conv.kernel.assign(np.full(conv.kernel.shape, np.nan, "float32"))
+    model.save(tmp_path / "nan.keras")
+    assert main(["export", str(tmp_path / "nan.keras"), str(tmp_path / "sm")]) == 2
+    assert "hold NaN or infinite values" in capsys.readouterr().err and not (tmp_path / "sm").exists()
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my notes\n")
+    from tlunet.cli import _check_own_csv
+    with pytest.raises(FileExistsError, match="is not a per-case table tlunet evaluate wrote"):
+        _check_own_csv(str(mine))

@@ -250,6 +250,21 @@ def _cases_to_score(args, saved, split, arrays, groups, own):
             "--split test|val|train|all)")
 
 
+def _check_own_csv(path):
+    """FileExistsError when `path` holds a file that is not an earlier `tlunet evaluate --csv` (its
+    header starts with `case,`): a user's own file is not replaced."""
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            own = f.readline().startswith("case,")
+    except (OSError, UnicodeDecodeError):
+        own = False
+    if not own:
+        raise FileExistsError(f"--csv {path} exists and is not a per-case table tlunet evaluate wrote; give a new "
+                              "file name (it would be replaced)")
+
+
 def _cmd_evaluate(args):
     settings, source = _run_settings(args, threshold_always=True)
     model = _load_model(args.model)
@@ -273,6 +288,7 @@ def _cmd_evaluate(args):
         values = np.array([r[k] for r in rows], float)
         print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
     if args.csv:
+        _check_own_csv(args.csv)
         write_csv(args.csv, rows)
         print(f"wrote {args.csv}")
     return 0
@@ -399,6 +415,10 @@ def _cmd_export(args):
             print(f"Note: {source[key]} evaluated the run with {what}; a {kind} file is the bare model ({hint} to "
                   "predict as the run was evaluated).")
     model = _load_model(args.model)
+    bad = [w.path for w in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
+    if bad:  # a diverged run's weights: the deployed model would answer NaN
+        raise ValueError(f"{args.model}: {len(bad)} weight(s) hold NaN or infinite values ({bad[0]}, ...); it would "
+                         "output NaN: retrain it (a lower learning rate)")
     if fmt == "savedmodel":
         path = export_savedmodel(model, args.output, size=args.size, tta=settings["tta"],
                                  largest_component=settings["largest_component"], threshold=settings["threshold"])

@@ -98,6 +98,10 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; export into a new directory")
+    if len(model.input_shape) != 4:  # serve resizes 2D images; a volume model has no such endpoint
+        raise ValueError(f"{model.name!r} takes {len(model.input_shape) - 2}D input {model.input_shape}; the SavedModel "
+                         "export (images of any size) is for 2D models: export a 3D model as LiteRT or ONNX "
+                         "(format='litert' / 'onnx', --format on the command line) or with model.export(path)")
     _, h, w, channels = model.input_shape
     size = tuple(size) if size is not None else (h, w)
     if None in size:

@@ -168,7 +168,7 @@ def check_outline(outline, points, fit, path):
 
 
 def _filled_message(path):
-    return (f"{path}: a filled region, not an ellipse outline; HC18 annotations are 1-px ellipse "
+    return (f"{path}: a filled region or a thick band, not an ellipse outline; HC18 annotations are 1-px ellipse "
             "outlines of the skull (tlunet fills them itself), and a filled one would be read as a "
             "smaller head (about half the area)")
 

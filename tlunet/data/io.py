@@ -159,6 +159,9 @@ def read_mask(path, binary=True, num_classes=None):
             integers 0..255 (what uint8 holds) raise `DataError`.
     """
     with _open(path) as im:
+        if im.info.get("tlunet_16bit_colour"):  # its labels would be cut to their high byte
+            raise DataError(f"{path}: a 16-bit {im.mode} mask, which Pillow reads only to its high byte (labels "
+                            "0-255 would all read 0); save the mask as 8- or 16-bit grey, or 8-bit colour")
         arr = _mask_array(upright(im), path)
     values = np.unique(arr)
     if binary:
@@ -224,7 +227,12 @@ def _open(path):
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise DataError(_too_many_pixels(path, int(found.group(1)) if found else None)) from e
     except Exception as e:  # noqa: BLE001 - any decoder failure is reported against the file
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        hint = ("; tlunet reads 8- and 16-bit integer and float32 TIFFs (save float64 or float16 data as float32)"
+                if str(path).lower().endswith((".tif", ".tiff")) else "")
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}){hint}") from e
+    # Pillow keeps only the high byte of 16-bit colour and grey+alpha pixels: say so before decoding
+    im.info["tlunet_16bit_colour"] = im.mode not in ("I", "F") and not im.mode.startswith("I;16") and any(
+        ";16" in str(tile[3]) for tile in getattr(im, "tile", []) or [])
     limit = Image.MAX_IMAGE_PIXELS
     if limit and im.width * im.height > limit:  # Pillow only warns up to twice its limit
         im.close()

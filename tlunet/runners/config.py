@@ -336,7 +336,7 @@ def parse_overrides(items):
     `[128, 192]` a list, `null` None, anything else a string); `root` and `encoder_weights` paths are
     taken relative to where the command runs.
     """
-    out = {}
+    out, seen = {}, {}
     for item in items or []:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
@@ -348,6 +348,9 @@ def parse_overrides(items):
             value = load_yaml(value)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+        if key.strip() in seen:
+            raise ConfigError(f"--set {key.strip()} is given twice ({seen[key.strip()]!r} and {item!r}); give it once")
+        seen[key.strip()] = item
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
