@@ -194,7 +194,7 @@ def _rewrite(path, change):
 def test_filled_hc18_annotation_is_refused(hc18):
     path = _annotation(hc18)
     _rewrite(path, ndimage.binary_fill_holes)
-    message = r"003_HC_Annotation\.png: a filled region, not an ellipse outline; HC18 annotations are 1-px ellipse outlines"
+    message = r"003_HC_Annotation\.png: a filled region or a thick band, not an ellipse outline; HC18 annotations are 1-px ellipse outlines"
     with pytest.raises(DataError, match=message):
         read_filled_annotation(path)
     record = [r for r in find_hc18(hc18) if r.annotation == path][0]
@@ -213,7 +213,7 @@ def test_filled_annotation_cut_by_the_image_border_is_refused(hc18):
         return filled
 
     _rewrite(path, cut)
-    with pytest.raises(DataError, match=r"003_HC_Annotation\.png: a filled region, not an ellipse outline"):
+    with pytest.raises(DataError, match=r"003_HC_Annotation\.png: a filled region or a thick band, not an ellipse outline"):
         read_filled_annotation(path)
 
 
