@@ -386,8 +386,7 @@ def _run_settings(args, threshold_always=False):
 
 
 def _cmd_export(args):
-    from tlunet.data import find_pairs, load_arrays
-    from tlunet.export import SUFFIXES, export_model, export_shape, quantization_report, read_images
+    from tlunet.export import SUFFIXES
 
     fmt = args.format or next((f for f, suffix in SUFFIXES.items() if args.output.endswith(suffix)), "savedmodel")
     if args.quantize and fmt != "litert":
@@ -420,22 +419,35 @@ def _cmd_export(args):
         raise ValueError(f"{args.model}: {len(bad)} weight(s) hold NaN or infinite values ({bad[0]}, ...); it would "
                          "output NaN: retrain it (a lower learning rate)")
     if fmt == "savedmodel":
-        path = export_savedmodel(model, args.output, size=args.size, tta=settings["tta"],
-                                 largest_component=settings["largest_component"], threshold=settings["threshold"])
-        built = []
-        if settings["tta"]:
-            built.append(f"averages each image's and its mirror's probabilities (flip test-time augmentation, from "
-                         f"{source['tta']}; --tta none for the bare model)")
-        if settings["largest_component"]:
-            built.append(f"keeps only the largest region of probabilities >= {settings['threshold']:g} (the rest read "
-                         f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
-        built = f" serve {' and '.join(built)}." if built else ""
-        print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size, "
-              f"{'grey or RGB (RGB read as grey)' if model.input_shape[-1] == 1 else 'RGB or grey (grey repeated)'} "
-              "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
-              "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
-              "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
-        return 0
+        return _export_savedmodel(args, model, settings, source)
+    return _export_file(args, model, fmt)
+
+
+def _export_savedmodel(args, model, settings, source):
+    """`tlunet export` to a SavedModel, with the run's post-processing built into `serve`."""
+    path = export_savedmodel(model, args.output, size=args.size, tta=settings["tta"],
+                             largest_component=settings["largest_component"], threshold=settings["threshold"])
+    built = []
+    if settings["tta"]:
+        built.append(f"averages each image's and its mirror's probabilities (flip test-time augmentation, from "
+                     f"{source['tta']}; --tta none for the bare model)")
+    if settings["largest_component"]:
+        built.append(f"keeps only the largest region of probabilities >= {settings['threshold']:g} (the rest read "
+                     f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
+    built = f" serve {' and '.join(built)}." if built else ""
+    print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size, "
+          f"{'grey or RGB (RGB read as grey)' if model.input_shape[-1] == 1 else 'RGB or grey (grey repeated)'} "
+          "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
+          "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
+          "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
+    return 0
+
+
+def _export_file(args, model, fmt):
+    """`tlunet export` to a LiteRT or ONNX file, optionally int8 and checked against validation data."""
+    from tlunet.data import find_pairs, load_arrays
+    from tlunet.export import export_model, export_shape, quantization_report, read_images
+
     shape, channels = export_shape(model, args.size)  # checked before any image is read
     if (args.representative or args.validation_data) and len(shape) != 2:
         raise ValueError("--representative and --validation-data read 2D images; quantise a 3D model from Python "
