@@ -87,26 +87,7 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     Returns:
         `path`.
     """
-    if tta not in IMAGE_TTA:
-        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
-    if largest_component and model.output_shape[-1] != 1:
-        raise ValueError(f"largest_component keeps one region of a one-channel (binary) model; {model.name!r} has "
-                         f"{model.output_shape[-1]} output channels")
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
-        raise ValueError(f"threshold must be a number in (0, 1). Received: {threshold!r}")
-    threshold = float(threshold)
-    path = os.fspath(path)
-    if os.path.exists(path):
-        raise FileExistsError(f"{path} already exists; export into a new directory")
-    if len(model.input_shape) != 4:  # serve resizes 2D images; a volume model has no such endpoint
-        raise ValueError(f"{model.name!r} takes {len(model.input_shape) - 2}D input {model.input_shape}; the SavedModel "
-                         "export (images of any size) is for 2D models: export a 3D model as LiteRT or ONNX "
-                         "(format='litert' / 'onnx', --format on the command line) or with model.export(path)")
-    _, h, w, channels = model.input_shape
-    size = tuple(size) if size is not None else (h, w)
-    if None in size:
-        raise ValueError(f"{model.name!r} accepts any input size; pass size=(H, W) to export it "
-                         f"(each a multiple of its encoder's reduction). Received: size={size}")
+    path, size, threshold, channels = _savedmodel_settings(model, path, size, tta, largest_component, threshold)
 
     def spec(dtype):  # any channel count: `_model_channels` converts or refuses it in the graph
         return tf.TensorSpec([None, None, None, None], dtype, name="images")
@@ -149,6 +130,36 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     archive.add_endpoint("serve", serve)
     archive.add_endpoint("serve_float", serve_float)
     archive.add_endpoint("serve_model", serve_model)
+    return _write_archive(archive, path)
+
+
+def _savedmodel_settings(model, path, size, tta, largest_component, threshold):
+    """`export_savedmodel`'s arguments checked: (path, (H, W) to resize to, threshold, channels)."""
+    if tta not in IMAGE_TTA:
+        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
+    if largest_component and model.output_shape[-1] != 1:
+        raise ValueError(f"largest_component keeps one region of a one-channel (binary) model; {model.name!r} has "
+                         f"{model.output_shape[-1]} output channels")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number in (0, 1). Received: {threshold!r}")
+    threshold = float(threshold)
+    path = os.fspath(path)
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} already exists; export into a new directory")
+    if len(model.input_shape) != 4:  # serve resizes 2D images; a volume model has no such endpoint
+        raise ValueError(f"{model.name!r} takes {len(model.input_shape) - 2}D input {model.input_shape}; the SavedModel "
+                         "export (images of any size) is for 2D models: export a 3D model as LiteRT or ONNX "
+                         "(format='litert' / 'onnx', --format on the command line) or with model.export(path)")
+    _, h, w, channels = model.input_shape
+    size = tuple(size) if size is not None else (h, w)
+    if None in size:
+        raise ValueError(f"{model.name!r} accepts any input size; pass size=(H, W) to export it "
+                         f"(each a multiple of its encoder's reduction). Received: size={size}")
+    return path, size, threshold, channels
+
+
+def _write_archive(archive, path):
+    """Writes `archive` under a hidden temporary beside `path` and renames it into place; returns `path`."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = _new_temporary(parent, directory=True)
