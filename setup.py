@@ -35,9 +35,11 @@ setup(
     package_data={"tlunet_cli": ["catalog.json"], "tlunet.experiments": ["README.md", "*/config.yaml", "*/README.md"],
                   "tlunet.sample_data": ["README.md", "*/README.md", "*/*.csv", "*/*/*.png"]},
     install_requires=[
-        # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is.
-        "tensorflow>=2.16",
-        "keras>=3.0",
+        # >= 2.16 so Colab's preinstalled TensorFlow (with Keras 3) is used as it is. Capped below the
+        # next minor of the newest tested (TensorFlow 2.21, Keras 3.15): tlunet/_keras_compat.py
+        # patches Keras internals for distributed training, checked by tests/test_keras_compat.py.
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.0,<3.16",
         "numpy",
         "scikit-image",
         "matplotlib",
