@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tlunet
-import tlunet.train as train_module
+import tlunet.files as files_module
 from tlunet.data import make_dataset
 from tlunet.train import compile_model, fit, read_history
 
@@ -67,7 +67,7 @@ def _kill_at_write(monkeypatch, n, how):
     """Kills the n-th atomic write of the run: `partial` half-writes its temporary file, `before`
     stops with the temporary file complete but not renamed, `after` right after the rename."""
     calls = {"n": 0}
-    replace, fsync = os.replace, train_module._fsync
+    replace, fsync = os.replace, files_module.fsync_path
 
     def fake_fsync(path):
         if os.path.isfile(path) and ".partial" in path:
@@ -85,8 +85,8 @@ def _kill_at_write(monkeypatch, n, how):
         if ".partial" in str(src) and calls["n"] == n and how == "after":
             raise Killed
 
-    monkeypatch.setattr(train_module, "_fsync", fake_fsync)
-    monkeypatch.setattr(train_module.os, "replace", fake_replace)
+    monkeypatch.setattr(files_module, "fsync_path", fake_fsync)
+    monkeypatch.setattr(files_module.os, "replace", fake_replace)
 
 
 # A run writes history.csv when it starts (write 1); then each epoch writes, in order, best.keras
@@ -148,7 +148,7 @@ def test_a_full_disk_is_a_named_error_and_leaves_the_previous_state(tmp_path, mo
     class FillDisk(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 1:
-                monkeypatch.setattr(train_module, "_free_bytes", lambda folder: 1000)
+                monkeypatch.setattr(files_module, "free_bytes", lambda folder: 1000)
 
     with pytest.raises(OSError, match=r"not enough free disk space to write .*MiB free") as info:
         _fit(tmp_path, ds, [FillDisk()])
@@ -166,7 +166,7 @@ def test_a_writer_failing_with_enospc_names_the_file_and_leaves_no_partial(tmp_p
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError, match=r"history.csv: could not be written \(No space left on device\)"):
-        train_module.atomic_write(str(tmp_path / "history.csv"), fail)
+        files_module.atomic_write(str(tmp_path / "history.csv"), fail)
     assert os.listdir(tmp_path) == []
 
 

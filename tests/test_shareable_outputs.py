@@ -21,7 +21,8 @@ import tlunet.progress
 from tlunet.data import read_image
 from tlunet.export import export_model, export_savedmodel
 from tlunet.progress import EpochProgress
-from tlunet.train import _dump_json, atomic_write, compile_model, save_model
+from tlunet.files import atomic_write, dump_json as _dump_json
+from tlunet.training import compile_model, save_model
 
 FILTERS = (4, 8, 16, 32, 64)
 

@@ -13,7 +13,7 @@ import pytest
 import tlunet
 from tlunet.data import make_dataset
 from tlunet.selection import iter_layers
-from tlunet.train import compile_model, fit, precise_bn, read_history, run_stages
+from tlunet.training import compile_model, fit, precise_bn, read_history, run_stages
 
 SCRIPT = textwrap.dedent('''
     import os, sys, json
@@ -237,7 +237,7 @@ def test_mirrored_strategy_on_two_logical_cpus():
 
 
 def test_configure_rejects_unknown_precision():
-    from tlunet.train import configure
+    from tlunet.training import configure
     with pytest.raises(ValueError, match="mixed_precision"):
         configure(mixed_precision="fp8")
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -259,7 +259,7 @@ def test_xla_training_step_matches_eager():
 
 
 def test_lr_schedules_follow_their_formulas_and_are_recorded_per_epoch(tmp_path):
-    from tlunet.train import check_lr_schedule, lr_at
+    from tlunet.training import check_lr_schedule, lr_at
     cosine = {"name": "cosine", "warmup_epochs": 2}
     assert [round(lr_at(cosine, e, 6, 1.0), 4) for e in range(6)] == [0.3333, 0.6667, 1.0, 0.8536, 0.5, 0.1464]
     assert lr_at("poly", 0, 10, 0.01) == 0.01 and lr_at("poly", 5, 10, 0.01) == pytest.approx(0.01 * 0.5 ** 0.9)
@@ -315,7 +315,7 @@ def test_set_can_give_an_option_of_a_schedule_named_by_a_string():
 def test_fit_finds_the_epoch_clock_behind_a_users_transformations():
     import tensorflow as tf
 
-    from tlunet.train import _epoch_clock
+    from tlunet.training.clock import epoch_clock as _epoch_clock
     x, y = _tiny_data()
     ds = make_dataset(x, y, batch_size=4, augment="wang2023")
     mapped = ds.map(lambda a, b: (a * 1.0, b)).take(2).prefetch(1)

@@ -20,9 +20,10 @@ import os
 import keras
 import yaml
 
+from tlunet.files import atomic_write
 from tlunet.inference import EVALUATION_DEFAULTS
 from tlunet.resources import read_config
-from tlunet.train import atomic_write, compile_model, save_model
+from tlunet.training import compile_model, save_model
 
 # run-config keys that must agree for the members to have been tested on one split (fold: each
 # fold's test images are the other folds' training images)
