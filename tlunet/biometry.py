@@ -7,6 +7,7 @@ from scipy import ndimage
 from skimage import measure
 
 from tlunet.evaluation import dice, hausdorff
+from tlunet.postprocess import PostProcess, largest_region
 
 
 def ellipse_perimeter(a, b):
@@ -60,22 +61,20 @@ def outline_points(mask):
 
 
 def largest_component(mask):
-    """The largest connected foreground component of a mask (bool); all False if there is none."""
-    labels = measure.label(np.asarray(mask) > 0)
-    if labels.max() == 0:
-        return np.zeros(labels.shape, bool)
-    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    """The largest connected foreground component of a mask (bool, 8-connected); all False if there
+    is none (`tlunet.postprocess.largest_region`)."""
+    return largest_region(mask)
 
 
 def mask_at_size(prob, size, threshold=0.5, largest=False):
     """A probability map (h, w) resized bilinearly to `size` (H, W), then thresholded (`>=`); with
-    `largest`, only its largest connected region. The challenge's order: resize before threshold."""
-    from PIL import Image
+    `largest`, only its largest connected region. The challenge's order: resize before threshold
+    (`tlunet.postprocess.PostProcess.mask_at_size`).
 
-    prob = np.asarray(prob, np.float32)
-    h, w = size
-    full = np.asarray(Image.fromarray(prob).resize((w, h), Image.BILINEAR)) if prob.shape != (h, w) else prob
-    return largest_component(full >= threshold) if largest else full >= threshold
+    Raises:
+        ValueError: `threshold` is not a number in (0, 1).
+    """
+    return PostProcess(threshold=threshold, largest_component=largest).mask_at_size(prob, size)
 
 
 def head_circumference(mask, pixel_size):

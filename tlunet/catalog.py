@@ -3,9 +3,9 @@
 The command line answers `--help`, `--version`, `models` and `experiment --list` without importing
 TensorFlow (which takes seconds), so it cannot ask the registries at start-up. This module reads
 them (models with their parameter counts, strategies, losses, augmentations, data kinds, layouts,
-experiments) into one JSON file that ships with the command; `tests/test_catalog.py` fails when the
-file no longer matches the registries. After adding a model, strategy, loss, augmentation, data kind,
-layout or experiment, regenerate it:
+experiments, export formats) into one JSON file that ships with the command;
+`tests/test_first_contact.py` fails when the file no longer matches the registries. After adding a
+model, strategy, loss, augmentation, data kind, layout, experiment or export format, regenerate it:
 
     python -m tlunet.catalog
 """
@@ -35,11 +35,12 @@ def _models():
 def build_catalog():
     """The catalog as a dict (builds every model once, at its paper's input shape)."""
     from tlunet.data.augment import AUGMENT_PRESETS
+    from tlunet.data.kinds import kinds_of
     from tlunet.data.folders import LAYOUTS
+    from tlunet.export import EXPORT_FORMATS
     from tlunet.finetune import PRESETS
     from tlunet.losses import LOSSES
     from tlunet.resources import find_config, list_experiments, read_config
-    from tlunet.runners.image import FOLDER_KINDS
 
     return {
         "models": _models(),
@@ -47,10 +48,12 @@ def build_catalog():
                        for name, s in PRESETS.items()},
         "losses": sorted(LOSSES),
         "augment": list(AUGMENT_PRESETS),
-        "data_kinds": list(FOLDER_KINDS),
+        "data_kinds": kinds_of("image", folders_only=True),
         "layouts": list(LAYOUTS),
         "experiments": list_experiments(),
         "profiles": {name: list(read_config(find_config(name)).get("profiles") or {}) for name in list_experiments()},
+        "export_formats": {name: {"label": f.label, "suffixes": list(f.suffixes), "options": sorted(f.options)}
+                           for name, f in EXPORT_FORMATS.items()},
     }
 
 

@@ -6,12 +6,16 @@
   ONNX (`format="onnx"`): float32 images in [0, 1] at the model's fixed input size in, float32
   probabilities out — for phones, ultrasound carts and runtimes without TensorFlow. `load_litert`
   runs a `.tflite` file; `quantization_report` measures what int8 costs in Dice.
+
+The formats are one table, `EXPORT_FORMATS` (name -> `ExportFormat`: its suffixes, its writer and the
+`EXPORT_OPTIONS` it takes); `check_export` checks a request against it, for `export_model` and for
+`tlunet export`.
 """
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
-import numbers
 import os
 import re
 import secrets
@@ -23,10 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlunet.inference import IMAGE_TTA
+from tlunet.postprocess import PostProcess, keep_largest_region  # noqa: F401  (tlunet.export.keep_largest_region)
 
-FORMATS = ("savedmodel", "litert", "onnx")
-SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 INSTALL_HINT = "pip install 'tlunet[export]'"
 
 
@@ -87,22 +89,13 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     Returns:
         `path`.
     """
-    path, size, threshold, channels = _savedmodel_settings(model, path, size, tta, largest_component, threshold)
+    post = PostProcess(threshold=threshold, tta=tta, largest_component=largest_component)
+    post.check_model(model)
+    path, size, channels = _savedmodel_settings(model, path, size)
+    at_input_size = post.as_tf(model, size)  # tta, the resize back and the largest region, as evaluated
 
     def spec(dtype):  # any channel count: `_model_channels` converts or refuses it in the graph
         return tf.TensorSpec([None, None, None, None], dtype, name="images")
-
-    def at_input_size(x):
-        original = tf.shape(x)[1:3]
-        # antialias: shrinking an 800x540 scan to the model's size must average pixels (as training's
-        # PIL resize does), not sample every few of them, or speckle reaches the model as noise.
-        x = tf.image.resize(x, size, method="bilinear", antialias=True)
-        y = tf.cast(model(x, training=False), tf.float32)
-        if tta == "flip":  # the mean of the image's and its mirror's probabilities, as evaluation does
-            y = (y + tf.reverse(tf.cast(model(tf.reverse(x, [2]), training=False), tf.float32), [2])) / 2.0
-        y = tf.image.resize(tf.cast(y, tf.float32), original, method="bilinear")
-        # at the scan's own size, after the resize, as the run's evaluation keeps it
-        return keep_largest_region(y, threshold) if largest_component else y
 
     classes = model.output_shape[-1]
 
@@ -133,16 +126,8 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     return _write_archive(archive, path)
 
 
-def _savedmodel_settings(model, path, size, tta, largest_component, threshold):
-    """`export_savedmodel`'s arguments checked: (path, (H, W) to resize to, threshold, channels)."""
-    if tta not in IMAGE_TTA:
-        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
-    if largest_component and model.output_shape[-1] != 1:
-        raise ValueError(f"largest_component keeps one region of a one-channel (binary) model; {model.name!r} has "
-                         f"{model.output_shape[-1]} output channels")
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
-        raise ValueError(f"threshold must be a number in (0, 1). Received: {threshold!r}")
-    threshold = float(threshold)
+def _savedmodel_settings(model, path, size):
+    """`export_savedmodel`'s arguments checked: (path, (H, W) to resize to, channels)."""
     path = os.fspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; export into a new directory")
@@ -155,7 +140,7 @@ def _savedmodel_settings(model, path, size, tta, largest_component, threshold):
     if None in size:
         raise ValueError(f"{model.name!r} accepts any input size; pass size=(H, W) to export it "
                          f"(each a multiple of its encoder's reduction). Received: size={size}")
-    return path, size, threshold, channels
+    return path, size, channels
 
 
 def _write_archive(archive, path):
@@ -170,49 +155,6 @@ def _write_archive(archive, path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def keep_largest_region(probs, threshold=0.5):
-    """In-graph post-processing of one-channel probabilities (N, H, W, 1): every pixel farther than
-    one pixel from the largest connected region of `probs >= threshold` is set to 0; the region and
-    the pixels around its edge keep their probabilities. The region is the one
-    `tlunet.biometry.largest_component` keeps (8-connected; of two equal ones, the one whose first
-    pixel comes first in reading order). Images with no pixel at or above `threshold` are
-    returned unchanged.
-
-    Regions are labelled by spreading, through each region, the label of its first pixel: a step
-    takes the maximum along every horizontal and vertical run of foreground, then over each 3x3
-    neighbourhood, until nothing changes. A head takes a few steps (about 0.1 s per 800x540
-    image on a 2-core CPU); a ragged or zigzag map takes one step per turn (seconds).
-    """
-    fg = probs[..., 0] >= tf.cast(threshold, probs.dtype)
-    shape = tf.shape(fg)
-    pixels = shape[1] * shape[2]
-    # label = pixels - (index in reading order): the largest label of a region is its first pixel's
-    first = tf.reshape(pixels - tf.range(pixels, dtype=tf.int32), [1, shape[1], shape[2]])
-    fg_t = tf.transpose(fg, [0, 2, 1])
-
-    def run_max(labels, mask):  # each horizontal run of foreground takes its largest label
-        start = mask & ~tf.pad(mask[:, :, :-1], [[0, 0], [0, 0], [1, 0]])
-        run = tf.reshape(tf.cumsum(tf.reshape(tf.cast(start, tf.int32), [-1])), tf.shape(mask))
-        run *= tf.cast(mask, tf.int32)
-        top = tf.math.unsorted_segment_max(tf.reshape(labels, [-1]), tf.reshape(run, [-1]), tf.reduce_max(run) + 1)
-        return tf.where(mask, tf.gather(top, run), 0)
-
-    def step(labels, _):
-        new = run_max(labels, fg)
-        new = tf.transpose(run_max(tf.transpose(new, [0, 2, 1]), fg_t), [0, 2, 1])
-        new = tf.where(fg, tf.nn.max_pool2d(new[..., None], 3, 1, "SAME")[..., 0], 0)
-        return new, tf.reduce_any(new != labels)
-
-    labels, _ = tf.while_loop(lambda labels, changed: changed, step, [tf.where(fg, first, 0), tf.constant(True)])
-    counts = tf.math.bincount(tf.reshape(labels, [shape[0], -1]), minlength=pixels + 1, axis=-1)
-    # the most pixels; of equal counts the largest label (the earliest first pixel): argmax of the
-    # counts in reverse label order, whose first maximum is that label
-    best = pixels - tf.argmax(tf.reverse(counts[:, 1:], [1]), 1, output_type=tf.int32)
-    region = tf.cast(labels == best[:, None, None], probs.dtype)[..., None]
-    near = tf.nn.max_pool2d(region, 3, 1, "SAME")
-    return tf.where(tf.reduce_any(fg, [1, 2])[:, None, None, None], probs * near, probs)
 
 
 def _model_channels(images, channels):
@@ -326,10 +268,134 @@ def _unit_range(images):
         return tf.identity(images)
 
 
-# ------------------------------------------------------------------------------ LiteRT and ONNX
+# ------------------------------------------------------------------------------ the formats
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One format `export_model` writes.
+
+    Attributes:
+        label: its name in messages ("LiteRT").
+        suffixes: the endings of the file names that choose it (`format_for_path`) and that its
+            output must have; empty for a directory.
+        exporter: `exporter(model, path, size=..., **options)` writes it and returns `path`; it
+            receives every `export_model` option and uses those it takes.
+        options: the names of the `ExportOption`s it takes.
+        packages: (module, pip name) pairs it needs installed.
+    """
+
+    label: str
+    suffixes: tuple
+    exporter: object
+    options: frozenset = frozenset()
+    packages: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOption:
+    """An option of `export_model` (and flag of `tlunet export`) that only some formats take.
+
+    Attributes:
+        flag: its `tlunet export` flag.
+        unsupported: the message for a format that does not take it: `{option}` is the option as
+            given, `{formats}` the formats that take it, `{format}` the one asked for, `{label}` its name.
+        value: the one value it takes, when it takes one ("int8"); None for any.
+        metavar: the flag's argument, shown where the option is asked for ("FOLDER").
+        needs: (another option it needs, the message when that one is missing, with `{option}` and
+            `{needed}`), or None.
+    """
+
+    flag: str
+    unsupported: str
+    value: str | None = None
+    metavar: str = ""
+    needs: tuple | None = None
+
+
+_BARE = "{option} is built into SavedModel's serve endpoint only; a {label} file is the bare model "
+EXPORT_OPTIONS = {
+    "quantize": ExportOption(
+        "--quantize", "{option} is for {formats} only. Received: {format}", value="int8",
+        needs=("representative_data", "{option} needs {needed}: 100-500 images like the ones the model will see, "
+                                      "to calibrate the int8 ranges (random images would calibrate them wrongly)")),
+    "representative_data": ExportOption(
+        "--representative", "{option} calibrates int8 quantisation, which is for {formats} only. Received: {format}",
+        metavar="FOLDER", needs=("quantize", "{option} calibrates int8 quantisation; pass {needed} with it")),
+    "validation_data": ExportOption(
+        "--validation-data", "{option} compares a LiteRT file with the Keras model; use it with {formats}. "
+                             "Received: {format}", metavar="FOLDER"),
+    "tta": ExportOption("--tta", _BARE + "(average its output on the image and on its left-right mirror yourself)"),
+    "largest_component": ExportOption(
+        "--largest-component", _BARE + "(keep the largest region of its thresholded output yourself: "
+                                       "tlunet.biometry.largest_component)"),
+}
+
+
+def _spell(name, value, cli, asked=False):
+    """Option `name` as the caller wrote it: `quantize='int8'` or `--quantize int8`; data by name
+    (`representative_data`, `--representative`, with its metavar when `asked` for)."""
+    option = EXPORT_OPTIONS[name]
+    if cli:
+        shown = (option.metavar if asked else "") if option.metavar else value if isinstance(value, str) else ""
+        return f"{option.flag} {shown}".rstrip()
+    return name if option.metavar or value is None else f"{name}={value!r}"
+
+
+def _spell_format(format, cli):
+    return f"--format {format}" if cli else f"format={format!r}"
+
+
+def check_export(format, path, options, cli=False):
+    """The `ExportFormat` named `format`, once `options` are found to suit it and `path` to end in
+    its suffix. Messages name the options as `export_model` takes them, or with `cli` as the
+    `tlunet export` flags.
+
+    Args:
+        format: a key of `EXPORT_FORMATS`.
+        path: the output path.
+        options: {option name (a key of `EXPORT_OPTIONS`): value}; None and False are not given.
+        cli: spell options as flags.
+
+    Raises:
+        ValueError: an unknown format, an option the format does not take or a value it cannot
+            have, an option without another it needs (int8 without representative data), a path
+            without the format's suffix.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
+    spec = EXPORT_FORMATS[format]
+    given = {name: value for name, value in options.items() if value is not None and value is not False}
+    for name, value in given.items():
+        option = EXPORT_OPTIONS[name]
+        if option.value is not None and value != option.value:
+            raise ValueError(f"`{name}` must be None or {option.value!r}. Received: {name}={value!r}")
+        if name not in spec.options:
+            takes = " or ".join(_spell_format(f, cli) for f, s in EXPORT_FORMATS.items() if name in s.options)
+            raise ValueError(option.unsupported.format(option=_spell(name, value, cli), formats=takes,
+                                                       format=_spell_format(format, cli), label=spec.label))
+    for name, value in given.items():
+        needed, message = EXPORT_OPTIONS[name].needs or (None, "")
+        if needed and needed not in given:
+            raise ValueError(message.format(option=_spell(name, value, cli),
+                                            needed=_spell(needed, EXPORT_OPTIONS[needed].value, cli, asked=True)))
+    path = os.fspath(path)
+    if spec.suffixes and not path.endswith(spec.suffixes):
+        suffix = spec.suffixes[0]
+        raise ValueError(f"{path}: {_spell_format(format, cli)} writes a *{suffix} file; name the output *{suffix}")
+    return spec
+
+
+def format_for_path(path):
+    """The format whose suffix `path` ends with (`.tflite`: "litert"); "savedmodel", a directory,
+    for any other path."""
+    path = os.fspath(path)
+    return next((name for name, spec in EXPORT_FORMATS.items() if spec.suffixes and path.endswith(spec.suffixes)),
+                "savedmodel")
+
+
 def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None, tta=None,
                  largest_component=False, threshold=0.5):
-    """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file.
+    """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file
+    (`EXPORT_FORMATS`).
 
     - "savedmodel": `export_savedmodel` (uint8 or float32 images of any size; see there).
     - "litert": Keras' `model.export(format="litert")` (TensorFlow's LiteRT converter), restricted
@@ -373,56 +439,54 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
 
     Raises:
         FileExistsError: `path` exists.
-        ValueError: an unknown format, a wrong suffix, missing or bad representative data, a model
-            or layer the converter cannot handle (the message names the file and the operators).
+        ValueError: an unknown format, an option the format does not take (`check_export`), a wrong
+            suffix, missing or bad representative data, a model or layer the converter cannot handle
+            (the message names the file and the operators).
         ImportError: a package the format needs is missing (the message names the file and
             `pip install 'tlunet[export]'`).
     """
-    if format not in FORMATS:
-        raise ValueError(f"`format` must be one of {FORMATS}. Received: format={format!r}")
-    if quantize not in (None, "int8"):
-        raise ValueError(f"`quantize` must be None or 'int8'. Received: quantize={quantize!r}")
-    if quantize and format != "litert":
-        raise ValueError(f"quantize={quantize!r} is for format='litert' only. Received: format={format!r}")
-    if representative_data is not None and not quantize:
-        raise ValueError("`representative_data` calibrates int8 quantisation; pass quantize='int8' with it")
-    if tta is not None and format != "savedmodel":
-        raise ValueError(f"tta={tta!r} is built into SavedModel's serve endpoint only; a {format} file is the bare "
-                         "model (average its output on the image and on its left-right mirror yourself)")
-    if largest_component and format != "savedmodel":
-        raise ValueError(f"largest_component is built into SavedModel's serve endpoint only; a {format} file is the "
-                         "bare model (keep the largest region yourself: tlunet.biometry.largest_component)")
-    if format == "savedmodel":
-        return export_savedmodel(model, path, size=size, tta=tta, largest_component=largest_component,
-                                 threshold=threshold)
+    spec = check_export(format, path, {"quantize": quantize, "representative_data": representative_data, "tta": tta,
+                                       "largest_component": largest_component})
+    return spec.exporter(model, path, size=size, quantize=quantize, representative_data=representative_data, tta=tta,
+                         largest_component=largest_component, threshold=threshold)
 
+
+def _write_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5, **_):
+    return export_savedmodel(model, path, size=size, tta=tta, largest_component=largest_component, threshold=threshold)
+
+
+def _litert_options(quantize, representative_data, shape):
+    """The LiteRT converter's options: built-in operators only; for int8, full-integer quantisation
+    calibrated on `representative_data`, behind float32 input and output."""
+    if quantize != "int8":
+        return {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    samples = _representative_samples(representative_data, shape)
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": lambda: ([s] for s in samples),
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "inference_input_type": tf.float32,
+        "inference_output_type": tf.float32,
+    }
+
+
+def _write_keras_file(format, model, path, size=None, quantize=None, representative_data=None, converter=None, **_):
+    """Writes `model.export(format=format)` to the file `path` (under a temporary name, renamed when
+    complete) with `converter(quantize, representative_data, input shape)`'s options; returns `path`."""
+    spec = EXPORT_FORMATS[format]
     path = os.fspath(path)
-    suffix = SUFFIXES[format]
-    if not path.endswith(suffix):
-        raise ValueError(f"{path}: format={format!r} writes a *{suffix} file; name the output *{suffix}")
     if os.path.exists(path):
         raise FileExistsError(f"{path} already exists; export to a new file")
-    if format == "onnx":
-        _require(path, "ONNX export", [("tf2onnx", "tf2onnx"), ("onnx", "onnx")])
+    if spec.packages:
+        _require(path, f"{spec.label} export", spec.packages)
     size, channels = export_shape(model, size)
     signature = [tf.TensorSpec((None, *size, channels), tf.float32, name="images")]
-    options = {}
-    if format == "litert":
-        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}
-        if quantize == "int8":
-            samples = _representative_samples(representative_data, (*size, channels))
-            options = {
-                "optimizations": [tf.lite.Optimize.DEFAULT],
-                "representative_dataset": lambda: ([s] for s in samples),
-                "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
-                "inference_input_type": tf.float32,
-                "inference_output_type": tf.float32,
-            }
+    options = converter(quantize, representative_data, (*size, channels)) if converter else {}
     exportable = _export_friendly(model, litert=format == "litert")
 
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = _new_temporary(parent, suffix=suffix)
+    tmp = _new_temporary(parent, suffix=spec.suffixes[0])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx patch probes np.object
@@ -437,6 +501,19 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
         _remove(tmp)
         raise
     return path
+
+
+# The formats: adding one is an entry here (and `python -m tlunet.catalog`, which gives
+# `tlunet export --format` its choices).
+EXPORT_FORMATS = {
+    "savedmodel": ExportFormat("SavedModel", (), _write_savedmodel, frozenset({"tta", "largest_component"})),
+    "litert": ExportFormat("LiteRT", (".tflite",), functools.partial(_write_keras_file, "litert",
+                                                                     converter=_litert_options),
+                           frozenset({"quantize", "representative_data", "validation_data"})),
+    "onnx": ExportFormat("ONNX", (".onnx",), functools.partial(_write_keras_file, "onnx"),
+                         packages=(("tf2onnx", "tf2onnx"), ("onnx", "onnx"))),
+}
+FORMATS = tuple(EXPORT_FORMATS)
 
 
 def _require(path, what, modules):
@@ -496,9 +573,6 @@ def read_images(folder, size, channels=1):
 
 def _representative_samples(data, shape):
     """float32 (1, *shape) arrays from `representative_data`, checked."""
-    if data is None:
-        raise ValueError("quantize='int8' needs representative_data: 100-500 images like the ones the model "
-                         "will see (random images would calibrate the int8 ranges wrongly)")
     if callable(data):
         data = data()
     items = [data] if isinstance(data, np.ndarray) and data.ndim == len(shape) + 1 else data
@@ -697,9 +771,6 @@ def quantization_report(model, tflite_path, images, masks, threshold=0.5, num_th
     p_lite = run(x)
     classes = max(2, p_float.shape[-1])
 
-    def labels(p):
-        return (p[..., 0] >= threshold).astype(np.uint8) if p.shape[-1] == 1 else p.argmax(-1)
-
     def mean_dice(preds, trues):
         scores = []
         for pred, true in zip(preds, trues):
@@ -707,6 +778,7 @@ def quantization_report(model, tflite_path, images, masks, threshold=0.5, num_th
             scores.append(np.mean([dice(pred == c, true == c) for c in present]))
         return float(np.mean(scores))
 
-    l_float, l_lite = labels(p_float), labels(p_lite)
+    post = PostProcess(threshold=threshold)
+    l_float, l_lite = post.labels(p_float), post.labels(p_lite)
     return QuantizationReport(images=len(x), dice_float=mean_dice(l_float, masks), dice_int8=mean_dice(l_lite, masks),
                               agreement=mean_dice(l_lite, l_float), max_prob_diff=float(np.abs(p_float - p_lite).max()))

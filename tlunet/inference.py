@@ -1,5 +1,7 @@
-"""Inference: 2D image batches with optional flip TTA (`predict_images`), and whole volumes with
-sliding windows, overlap, Gaussian blending and flip TTA (`sliding_window_predict`).
+"""Inference: whole volumes with sliding windows, overlap, Gaussian blending and flip TTA
+(`sliding_window_predict`). 2D image batches with optional flip TTA (`predict_images`), the check
+that outputs are probabilities and the evaluation settings live in `tlunet.postprocess`, and are
+importable from here too.
 
 A 3D model trained on patches segments volumes of any size: the volume is covered by windows of
 the patch size, evenly spaced with at least `overlap` between neighbours; each window's prediction
@@ -11,48 +13,11 @@ import itertools
 
 import numpy as np
 
+from tlunet.postprocess import (  # noqa: F401  (importable from here too)
+    EVALUATION_DEFAULTS, IMAGE_TTA, BadModelOutput, check_probabilities, predict_images)
 from tlunet.progress import progress as _progress
 
 BLEND_MODES = ("gaussian", "constant")
-IMAGE_TTA = (None, "flip")
-# how a 2D run's test images are scored (a run config's `evaluation`; an old config without a key
-# meant this default)
-EVALUATION_DEFAULTS = {"tta": None, "threshold": 0.5, "largest_component": False}
-
-
-class BadModelOutput(ValueError):
-    """A model gave values that are not probabilities: NaN or infinite, or outside [0, 1]."""
-
-
-def check_probabilities(probs, model):
-    """`probs` if every value is a probability; else `BadModelOutput` naming the model and the values,
-    so a broken model (one whose training diverged outputs NaN) is never scored or written out."""
-    probs = np.asarray(probs)
-    finite = np.isfinite(probs)
-    if not finite.all():
-        raise BadModelOutput(f"model {model.name!r} outputs NaN or infinite values ({(~finite).sum()} of {probs.size}): "
-                             "its weights are broken, as after training that diverged (retrain it with a lower "
-                             "learning rate)")
-    low, high = (float(probs.min()), float(probs.max())) if probs.size else (0.0, 0.0)
-    if low < -1e-6 or high > 1 + 1e-6:  # float round-off aside
-        raise BadModelOutput(f"model {model.name!r} outputs values in [{low:.4g}, {high:.4g}], not probabilities in "
-                             "[0, 1]: tlunet scores models that end in a sigmoid or softmax")
-    return probs
-
-
-def predict_images(model, x, batch_size=8, tta=None):
-    """Probabilities of a 2D model on float images `x` (N, H, W, C) in [0, 1]; `tta="flip"`
-    averages each image's and its left-right mirror's (as a run's `evaluation.tta: flip`).
-
-    Raises:
-        BadModelOutput: the model's outputs are not probabilities (`check_probabilities`).
-    """
-    if tta not in IMAGE_TTA:
-        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    if tta == "flip":
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]) / 2
-    return check_probabilities(probs, model)
 
 
 def gaussian_importance(patch_size, sigma_scale=0.125):

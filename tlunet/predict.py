@@ -10,11 +10,11 @@ import re
 import numpy as np
 from PIL import Image
 
-from tlunet.biometry import head_circumference, mask_at_size
+from tlunet.biometry import head_circumference
 from tlunet.data.folders import list_files
 from tlunet.data.io import IMAGE_SUFFIXES, DataError, check_row_fields, csv_rows, positive_number, read_image
 from tlunet.data.pipeline import resize_pair
-from tlunet.inference import IMAGE_TTA, predict_images
+from tlunet.postprocess import PostProcess
 
 
 def overlay(image, mask, color=(255, 64, 0), alpha=0.45):
@@ -161,7 +161,7 @@ def _images_to_segment(input_dir, skipped):
 
 
 def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, batch_size=4, largest_component=False,
-                   tta=None, overwrite=False, skipped=None):
+                   tta=None, overwrite=False, skipped=None, post=None):
     """Segments every image of `input_dir` with a binary tlunet model.
 
     Writes `out_dir/masks/<stem>.png` (0/255 at the original size), `out_dir/overlays/<stem>.png`
@@ -183,7 +183,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         model: Keras model with a fixed input size and one output channel.
         input_dir: folder of images.
         out_dir: output folder (created).
-        threshold: probability threshold.
+        threshold: probability threshold, in (0, 1).
         pixel_sizes: None, a float for every image, or {file name: mm}; each > 0 and finite.
         batch_size: images per forward pass.
         largest_component: keep only the largest connected region of each mask (one head per scan),
@@ -191,6 +191,8 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         tta: None, or "flip" to average each image's and its mirror's probabilities.
         overwrite: replace files in `out_dir` that predict did not write.
         skipped: a list, to which the names of the HC18 annotations left out are added.
+        post: a `tlunet.postprocess.PostProcess` to apply instead of `threshold`, `tta` and
+            `largest_component` (which must then be left at their defaults).
 
     Returns:
         list of row dicts, as written to predictions.csv.
@@ -199,7 +201,8 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         DataError: no images, two images with one output name (`scan.jpg` and `scan.png`), an
             unreadable image (all of them are named), a bad pixel size.
         FileExistsError: `out_dir` holds a file predict would replace and did not write.
-        ValueError: the model is not a 2D model of a fixed input size with one output channel.
+        ValueError: the model is not a 2D model of a fixed input size with one output channel; a bad
+            threshold, tta or largest_component, or those beside `post`.
     """
     if not isinstance(model.input_shape, tuple) or len(model.input_shape) != 4 or None in model.input_shape[1:3]:
         raise ValueError(f"predict_folder needs a 2D model with a fixed input size (batch, height, width, channels); "
@@ -208,8 +211,7 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     if model.output_shape[-1] != 1:
         raise ValueError(f"predict_folder handles one-channel (binary) models; {model.name!r} has "
                          f"{model.output_shape[-1]} output channels")
-    if tta not in IMAGE_TTA:  # checked before any file is read
-        raise ValueError(f"tta must be None or 'flip'. Received: {tta!r}")
+    post = _post_process(post, threshold, tta, largest_component)  # checked before any file is read
     pixel_sizes = _check_pixel_sizes(pixel_sizes)
     names = _images_to_segment(input_dir, skipped)
     problems = []
@@ -234,9 +236,9 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
         batch_names = names[start:start + batch_size]
         originals = [read_image(os.path.join(input_dir, n), channels=channels) for n in batch_names]
         x = np.stack([resize_pair(im, np.zeros(im.shape[:2], np.uint8), (h, w))[0] for im in originals])
-        probs = predict_images(model, x.astype(np.float32) / 255.0, batch_size, tta)[..., 0]
+        probs = post.probabilities(model, x.astype(np.float32) / 255.0, batch_size)[..., 0]
         for name, image, p in zip(batch_names, originals, probs):
-            mask = mask_at_size(p, image.shape[:2], threshold, largest=largest_component).astype(np.uint8)
+            mask = post.mask_at_size(p, image.shape[:2]).astype(np.uint8)
             stem = os.path.splitext(name)[0]
             files[f"masks/{stem}.png"] = _save(mask * 255, os.path.join(out_dir, "masks", f"{stem}.png"))
             files[f"overlays/{stem}.png"] = _save(overlay(image, mask), os.path.join(out_dir, "overlays", f"{stem}.png"))
@@ -247,6 +249,15 @@ def predict_folder(model, input_dir, out_dir, threshold=0.5, pixel_sizes=None, b
     _write_rows(csv_path, rows)
     _write_manifest(out_dir, {**files, "predictions.csv": _sha1(csv_path)})
     return rows
+
+
+def _post_process(post, threshold, tta, largest_component):
+    """`post`, or the PostProcess of `predict_folder`'s own arguments (checked)."""
+    if post is None:
+        return PostProcess(threshold=threshold, tta=tta, largest_component=largest_component)
+    if (threshold, tta, largest_component) != (0.5, None, False):
+        raise ValueError("predict_folder: pass post, or threshold, tta and largest_component, not both")
+    return post
 
 
 def _write_rows(csv_path, rows):

@@ -139,11 +139,15 @@ def _add_evaluate(sub, names):
 
 def _add_export(sub, names):
     p = sub.add_parser("export", help="SavedModel (uint8 or float32 [0, 1] images of any size), LiteRT or ONNX file")
+    formats = names["export_formats"]  # tlunet.export.EXPORT_FORMATS
+    by_suffix = ", ".join(f"{name} for *{suffix}" for name, f in formats.items() for suffix in f["suffixes"])
+    directory = next(name for name, f in formats.items() if not f["suffixes"])
     p.add_argument("model", help="a .keras file")
-    p.add_argument("output", help="SavedModel directory, or a .tflite / .onnx file (must not exist)")
-    p.add_argument("--format", choices=["savedmodel", "litert", "onnx"],
-                   help="default: litert for *.tflite, onnx for *.onnx, else savedmodel. LiteRT and ONNX files take "
-                        "float32 images in [0, 1] at the model's input size")
+    p.add_argument("output", help=f"{formats[directory]['label']} directory, or a "
+                   f"{' / '.join(s for f in formats.values() for s in f['suffixes'])} file (must not exist)")
+    p.add_argument("--format", choices=list(formats),
+                   help=f"default: {by_suffix}, else {directory}. LiteRT and ONNX files take float32 images in "
+                        "[0, 1] at the model's input size")
     p.add_argument("--size", type=_shape, help="H,W for models built with any input size")
     p.add_argument("--tta", choices=["none", "flip"],
                    help="flip: the SavedModel's serve averages each image's and its mirror's probabilities. Default: "
