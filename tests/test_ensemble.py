@@ -78,14 +78,14 @@ def two_seeds(tmp_path_factory):
     return [tmp / "results" / "tiny_hc18" / f"scratch-seed{s}" for s in (0, 1)]
 
 
-def _seeds_config(tmp, ensemble, seeds=(0, 1)):
+def _seeds_config(tmp, ensemble, seeds=(0, 1), folds=None, epochs=2):
     return config_from_dict({
         "name": "tiny_hc18",
         "data": {"kind": "hc18", "root": "sample:hc18_small", "limit": 16, "image_size": [32, 64],
                  "split": [0.5, 0.25, 0.25]},
         "model": {"name": "unet", "filters": [4, 8, 16]},
-        "training": {"epochs": 2, "batch_size": 4},
-        "sweep": {"seeds": list(seeds)},
+        "training": {"epochs": epochs, "batch_size": 4},
+        "sweep": {"seeds": list(seeds), "folds": folds},
         "evaluation": {"tta": "flip", "largest_component": True, "ensemble": ensemble},
         "runs": [{"name": "scratch"}],
     }, str(tmp / "tiny.yaml"))
@@ -127,10 +127,7 @@ def test_the_runner_remakes_an_ensemble_whose_members_changed_and_names_a_missin
     ensemble is made again from the new members, not reused; a member whose model.keras is gone is
     named."""
     def config(seeds):
-        cfg = _seeds_config(tmp_path, ensemble=True, seeds=seeds)
-        cfg["sweep"]["folds"] = 2
-        cfg["training"]["epochs"] = 1
-        return cfg
+        return _seeds_config(tmp_path, ensemble=True, seeds=seeds, folds=2, epochs=1)
 
     out = tmp_path / "results"
     run_experiment(config((0, 1)), out_dir=str(out), log=lambda *a: None)

@@ -212,11 +212,11 @@ def test_floats_pyyaml_reads_as_strings_are_numbers(tmp_path):
     path.write_text("name: tiny\ndata: {kind: lung_us_phantom, n: 6, image_size: [32, 32], phantom_size: [32, 32]}\n"
                     "model: {name: unet}\ntraining:\n  learning_rate: 1e-4\n  epochs: 1\nruns: [{name: all}]\n")
     assert read_config(path)["training"]["learning_rate"] == 1e-4
-    assert load_config(str(path))["training"]["learning_rate"] == 1e-4
+    assert load_config(str(path)).training.learning_rate == 1e-4
     overrides = parse_overrides(["training.learning_rate=3E-5", "training.lr_schedule.min_lr=1.0e6", "name=1.2.3"])
     assert overrides == {"training": {"learning_rate": 3e-5, "lr_schedule": {"min_lr": 1e6}}, "name": "1.2.3"}
     cfg = load_config(str(path), overrides=parse_overrides(["training.learning_rate=2e-3"]))
-    assert cfg["training"]["learning_rate"] == 2e-3
+    assert cfg.training.learning_rate == 2e-3
 
 
 def test_a_repeated_key_names_the_file_key_and_lines(tmp_path):

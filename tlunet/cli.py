@@ -5,21 +5,23 @@ import sys
 
 import keras
 import numpy as np
-import yaml
 
 import tlunet
 import tlunet_cli
 from tlunet_cli import MODEL_COLUMNS, print_table
 from tlunet._quiet import quiet_tensorflow
-from tlunet.export import export_savedmodel
+from tlunet.export import (EXPORT_FORMATS, check_export, export_model, export_shape, format_for_path,
+                           quantization_report, read_images)
 from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
-from tlunet.inference import EVALUATION_DEFAULTS, BadModelOutput, check_probabilities
+from tlunet.postprocess import BadModelOutput, PostProcess, check_probabilities, read_run_config, run_config_path
 from tlunet.predict import predict_folder, read_pixel_sizes
 from tlunet.runners import ConfigError, config_from_dict, load_config, parse_overrides, run_experiment
 from tlunet.runners.config import merge, with_weights_file
 from tlunet.resources import SAMPLE_PREFIX, sample_path
-from tlunet.runners.image import FOLDER_KINDS, evaluate_cases, load_data, run_split
+from tlunet.data.kinds import kinds_of, load_image_set
+from tlunet.runners.base import run_split
 from tlunet.runners.results import FolderInUse, write_csv
+from tlunet.scoring import evaluate_cases
 from tlunet.train import get_distribution_strategy, worker_role
 
 
@@ -141,8 +143,8 @@ def _cmd_train(args):
     cfg = _train_config(args, 1, merge(overrides, {"data": {"channels": 1}}))  # every flag checked first
     channels, why = _train_channels(args, wanted)
     cfg = _train_config(args, channels, merge(overrides, {"data": {"channels": channels}}))
-    weights = cfg["model"].get("encoder_weights")
-    print(f"tlunet train: {cfg['model']['name']}, strategy {args.strategy}, from "
+    weights = cfg.model.encoder_weights
+    print(f"tlunet train: {cfg.model.name}, strategy {args.strategy}, from "
           f"{'random weights' if weights is None else weights}; channels {why}")
     run_experiment(cfg, out_dir=args.out, verbose=1 if args.verbose else 0)
     if worker_role(get_distribution_strategy(args.distribute))[0]:
@@ -216,13 +218,13 @@ def _evaluation_data(args, saved, size, channels):
     """(data block to load, part of the run's split to score): the run's own data block and `--split`
     (default test) when --data is the data of the run whose config.yaml is `saved`; else "all"."""
     run_data = saved.get("data") if isinstance(saved, dict) and isinstance(saved.get("data"), dict) else {}
-    kind = args.kind or (run_data.get("kind") if run_data.get("kind") in FOLDER_KINDS else "pairs")
+    kind = args.kind or (run_data.get("kind") if run_data.get("kind") in kinds_of("image", folders_only=True) else "pairs")
     layout = args.layout or run_data.get("layout") or "generic"
     root = os.path.abspath(args.data)
     own = bool(run_data) and _run_root(run_data.get("root")) == os.path.realpath(root) and \
         kind == run_data.get("kind") and (kind != "pairs" or layout == (run_data.get("layout") or "generic"))
     if args.split not in (None, "all") and not own:
-        why = (f"--data {args.data} is not the run's data ({_beside(args.model)} has data.root "
+        why = (f"--data {args.data} is not the run's data ({run_config_path(args.model)} has data.root "
                f"{run_data.get('root')!r})" if run_data else
                f"{args.model} has no run config.yaml beside it (a run's model.keras has)")
         raise ValueError(f"--split {args.split} scores part of the run's own split, but {why}; drop --split to "
@@ -266,16 +268,15 @@ def _check_own_csv(path):
 
 
 def _cmd_evaluate(args):
-    settings, source = _run_settings(args, threshold_always=True)
+    post, source = _post_process(args)
     model = _load_model(args.model)
     h, w, channels = _image_model(model, args.model, "evaluate", args.image_size)
-    saved = _run_config(args.model, "pass --kind and --layout")
+    saved = read_run_config(args.model, "pass --kind and --layout")
     block, split, own = _evaluation_data(args, saved, (h, w), channels)
-    cfg = config_from_dict({"name": "evaluate", "data": block, "runs": [{"name": "evaluate"}]}, "tlunet evaluate")
-    images, masks, meta, groups, source_data = load_data(cfg, cfg["data"])
+    images, masks, meta, groups, source_data = load_image_set(block, root=block["root"])
     (images, masks, meta), scored = _cases_to_score(args, saved, split, (images, masks, meta), groups, own)
     try:
-        rows, _ = evaluate_cases(model, images, masks, meta, **settings)
+        rows, _ = evaluate_cases(model, images, masks, meta, post)
     except BadModelOutput as e:  # the probe passed; some image did not
         raise BadModelOutput(f"{args.model}: {e}") from None
     # HC18 scans with their full-size annotation get the challenge's measures (adf_mm is their HC error)
@@ -283,7 +284,7 @@ def _cmd_evaluate(args):
             if k in rows[0]]
     if "adf_mm" not in keys and "hc_abs_error_mm" in rows[0]:
         keys.append("hc_abs_error_mm")
-    print(f"{args.model} on {source_data}: {scored} at {h}x{w}; {_settings_used(settings, source)}:")
+    print(f"{args.model} on {source_data}: {scored} at {h}x{w}; {_settings_used(post, source)}:")
     for k in keys:
         values = np.array([r[k] for r in rows], float)
         print(f"  {k}: {np.nanmean(values):.4f} ± {np.nanstd(values):.4f}")
@@ -298,7 +299,7 @@ def _cmd_ensemble(args):
     from tlunet.ensemble import write_ensemble
 
     path, model = write_ensemble(args.models, args.out)
-    runs = os.path.isfile(_beside(args.models[0]))  # runs all have a config.yaml, bare models none (checked)
+    runs = os.path.isfile(run_config_path(args.models[0]))  # runs all have a config.yaml, bare models none (checked)
     print(f"wrote {path}: the mean probability of {len(args.models)} models, input {model.input_shape[1]}x"
           f"{model.input_shape[2]}, and {os.path.join(args.out, 'config.yaml')}; " +
           ("`tlunet evaluate`, `predict` and `export` of it use the members' evaluation settings" if runs else
@@ -306,133 +307,80 @@ def _cmd_ensemble(args):
     return 0
 
 
-def _settings_used(settings, source):
+def _post_process(args):
+    """(PostProcess, where each setting came from) of the --tta, --largest-component and --threshold
+    flags over the run's config.yaml (`PostProcess.from_flags`)."""
+    return PostProcess.from_flags(args.model, tta=args.tta, largest_component=args.largest_component,
+                                  threshold=args.threshold)
+
+
+def _settings_used(post, source):
     """What `tlunet evaluate`/`predict` applied, and where each setting came from."""
-    used = [f"flip test-time augmentation (from {source['tta']})"] if settings["tta"] else []
-    if settings["largest_component"]:
+    used = [f"flip test-time augmentation (from {source['tta']})"] if post.tta else []
+    if post.largest_component:
         used.append(f"the largest region only (from {source['largest_component']})")
-    used.append(f"threshold {settings['threshold']:g}" + (f" (from {source['threshold']})" if "threshold" in source else ""))
+    used.append(f"threshold {post.threshold:g}" + (f" (from {source['threshold']})" if "threshold" in source else ""))
     return ", ".join(used)
 
 
 def _cmd_predict(args):
-    settings, source = _run_settings(args, threshold_always=True)
+    post, source = _post_process(args)
     model = _load_model(args.model)
     _image_model(model, args.model, "predict")
     sizes = read_pixel_sizes(args.pixel_size_csv) if args.pixel_size_csv else args.pixel_size
     skipped = []
     try:
         rows = predict_folder(model, args.input, args.output, pixel_sizes=sizes, overwrite=args.overwrite,
-                              skipped=skipped, **settings)
+                              skipped=skipped, post=post)
     except BadModelOutput as e:  # the probe passed; some image did not
         raise BadModelOutput(f"{args.model}: {e}") from None
-    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {_settings_used(settings, source)}")
+    print(f"wrote {len(rows)} masks and overlays and predictions.csv to {args.output}; {_settings_used(post, source)}")
     if skipped:
         print(f"skipped {len(skipped)} HC18 annotation file(s), the outlines of their scans: {', '.join(skipped[:3])}"
               f"{', ...' if len(skipped) > 3 else ''}")
     return 0
 
 
-def _beside(model_path):
-    return os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.yaml")
-
-
-def _run_config(model_path, hint):
-    """The parsed config.yaml beside a run's model.keras, or None if there is none."""
-    config = _beside(model_path)
-    if not os.path.isfile(config):
-        return None
-    try:
-        with open(config) as f:
-            return yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{config}: unreadable run config beside {model_path} ({type(e).__name__}); {hint}") from e
-
-
-def _run_settings(args, threshold_always=False):
-    """({"tta", "largest_component", "threshold"}, where each came from): each from its flag, else
-    from the `evaluation` section of the run folder's config.yaml when the model is a run's
-    model.keras (read only for what no flag gives), so evaluate, predict and export work as the
-    run was evaluated. The threshold is checked where it is used: always (`threshold_always`, predict), or
-    for the largest-region step (export)."""
-    flags = {"tta": None if args.tta is None else (None if args.tta == "none" else args.tta),
-             "largest_component": args.largest_component, "threshold": args.threshold}
-    names = {"tta": "--tta", "largest_component": "--largest-component", "threshold": "--threshold"}
-    settings = {k: v for k, v in flags.items() if v is not None or (k == "tta" and args.tta is not None)}
-    source = {k: names[k] for k in settings}
-    missing = [k for k in flags if k not in settings]
-    config = _beside(args.model)
-    if missing and os.path.isfile(config):
-        hint = "pass " + ", ".join(names[k] for k in missing)
-        saved = _run_config(args.model, hint)
-        evaluation = saved.get("evaluation") if isinstance(saved, dict) else None
-        if evaluation is not None and not isinstance(evaluation, dict):
-            raise ValueError(f"{config}: `evaluation` is not a mapping ({evaluation!r}); {hint}")
-        for k in missing:
-            if k in (evaluation or {}):
-                settings[k], source[k] = evaluation[k], config
-    settings = EVALUATION_DEFAULTS | settings
-    if settings["tta"] not in (None, "flip"):
-        raise ValueError(f"{source['tta']}: evaluation.tta is {settings['tta']!r}; pass --tta none or flip")
-    if not isinstance(settings["largest_component"], bool):
-        raise ValueError(f"{source['largest_component']}: evaluation.largest_component is "
-                         f"{settings['largest_component']!r}; pass --largest-component or --no-largest-component")
-    threshold = settings["threshold"]
-    if (settings["largest_component"] or threshold_always) and (
-            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1):
-        raise ValueError(f"{source.get('threshold', config)}: the threshold is {threshold!r}, not a number in (0, 1); "
-                         "pass --threshold")
-    return settings, source
-
-
 def _cmd_export(args):
-    from tlunet.export import SUFFIXES
-
-    fmt = args.format or next((f for f, suffix in SUFFIXES.items() if args.output.endswith(suffix)), "savedmodel")
-    if args.quantize and fmt != "litert":
-        raise ValueError(f"--quantize {args.quantize} is for --format litert (got --format {fmt})")
-    if args.quantize and not args.representative:
-        raise ValueError("--quantize int8 needs --representative FOLDER: 100-500 images like the ones the model "
-                         "will see, to calibrate the int8 ranges (random images would calibrate them wrongly)")
-    if args.representative and not args.quantize:
-        raise ValueError("--representative calibrates int8 quantisation; add --quantize int8")
-    if args.validation_data and fmt != "litert":
-        raise ValueError("--validation-data compares a LiteRT file with the Keras model; use it with --format litert")
-    settings, source = _run_settings(args)
-    if fmt != "savedmodel":
-        kind = {"litert": "LiteRT", "onnx": "ONNX"}[fmt]
-        for key in ("tta", "largest_component"):
-            if not settings[key]:
-                continue
-            what, hint = (("flip test-time augmentation", "average its output on each image and its left-right mirror")
-                          if key == "tta" else
-                          (f"the largest region of probabilities >= {settings['threshold']:g}",
-                           "keep the largest region of its thresholded output"))
-            if source[key].startswith("--"):
-                raise ValueError(f"{source[key]} is built into a SavedModel's serve endpoint only; a {kind} file is "
-                                 "the bare model")
-            print(f"Note: {source[key]} evaluated the run with {what}; a {kind} file is the bare model ({hint} to "
-                  "predict as the run was evaluated).")
+    fmt = args.format or format_for_path(args.output)
+    flags = {"tta": None if args.tta in (None, "none") else args.tta, "largest_component": args.largest_component}
+    check_export(fmt, args.output, {"quantize": args.quantize, "representative_data": args.representative,
+                                    "validation_data": args.validation_data, **flags}, cli=True)
+    post, source = _post_process(args)
+    if not EXPORT_FORMATS[fmt].options >= {"tta", "largest_component"}:
+        _note_bare_model(EXPORT_FORMATS[fmt].label, post, source)
     model = _load_model(args.model)
     bad = [w.path for w in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
     if bad:  # a diverged run's weights: the deployed model would answer NaN
         raise ValueError(f"{args.model}: {len(bad)} weight(s) hold NaN or infinite values ({bad[0]}, ...); it would "
                          "output NaN: retrain it (a lower learning rate)")
     if fmt == "savedmodel":
-        return _export_savedmodel(args, model, settings, source)
+        return _export_savedmodel(args, model, post, source)
     return _export_file(args, model, fmt)
 
 
-def _export_savedmodel(args, model, settings, source):
+def _note_bare_model(label, post, source):
+    """Says which of the run's post-processing steps (from its config.yaml) a bare-model file leaves out."""
+    for key in ("tta", "largest_component"):
+        if not getattr(post, key):
+            continue
+        what, hint = (("flip test-time augmentation", "average its output on each image and its left-right mirror")
+                      if key == "tta" else
+                      (f"the largest region of probabilities >= {post.threshold:g}",
+                       "keep the largest region of its thresholded output"))
+        print(f"Note: {source[key]} evaluated the run with {what}; a {label} file is the bare model ({hint} to "
+              "predict as the run was evaluated).")
+
+
+def _export_savedmodel(args, model, post, source):
     """`tlunet export` to a SavedModel, with the run's post-processing built into `serve`."""
-    path = export_savedmodel(model, args.output, size=args.size, tta=settings["tta"],
-                             largest_component=settings["largest_component"], threshold=settings["threshold"])
+    path = export_model(model, args.output, format="savedmodel", size=args.size, **post.to_dict())
     built = []
-    if settings["tta"]:
+    if post.tta:
         built.append(f"averages each image's and its mirror's probabilities (flip test-time augmentation, from "
                      f"{source['tta']}; --tta none for the bare model)")
-    if settings["largest_component"]:
-        built.append(f"keeps only the largest region of probabilities >= {settings['threshold']:g} (the rest read "
+    if post.largest_component:
+        built.append(f"keeps only the largest region of probabilities >= {post.threshold:g} (the rest read "
                      f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
     built = f" serve {' and '.join(built)}." if built else ""
     print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size, "
@@ -446,7 +394,6 @@ def _export_savedmodel(args, model, settings, source):
 def _export_file(args, model, fmt):
     """`tlunet export` to a LiteRT or ONNX file, optionally int8 and checked against validation data."""
     from tlunet.data import find_pairs, load_arrays
-    from tlunet.export import export_model, export_shape, quantization_report, read_images
 
     shape, channels = export_shape(model, args.size)  # checked before any image is read
     if (args.representative or args.validation_data) and len(shape) != 2:
@@ -461,7 +408,7 @@ def _export_file(args, model, fmt):
                             representative_data=representative)
     except ImportError as e:  # a missing optional package: one line, like the other errors
         raise ValueError(str(e)) from e
-    kind = {"litert": "LiteRT", "onnx": "ONNX"}[fmt] + (" int8" if args.quantize else " float32")
+    kind = EXPORT_FORMATS[fmt].label + (" int8" if args.quantize else " float32")
     dims = ", ".join(map(str, (*shape, channels)))
     print(f"{kind} model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB). Input \"images\": float32 "
           f"(N, {dims}) in [0, 1] (resize to {'x'.join(map(str, shape))} and divide uint8 by 255 first); output: "

@@ -33,9 +33,11 @@ def main():
 
     from tlunet.data import experiment_splits
     from tlunet.data.pipeline import make_dataset
-    from tlunet.inference import EVALUATION_DEFAULTS
-    from tlunet.runners import image
-    from tlunet.train import precise_bn
+    from tlunet.data.kinds import load_image_set
+    from tlunet.postprocess import PostProcess
+    from tlunet.resources import SAMPLE_PREFIX, sample_path
+    from tlunet.scoring import evaluate_cases
+    from tlunet.training import precise_bn
 
     loaded, results = {}, []
     for run in args.runs:
@@ -55,7 +57,8 @@ def main():
         data = {**cfg["data"], **({"root": os.path.abspath(args.data)} if args.data else {})}
         key = yaml.safe_dump(data)
         if key not in loaded:
-            loaded[key] = image.load_data(cfg, data)
+            root = data.get("root")
+            loaded[key] = load_image_set(data, sample_path(root) if str(root).startswith(SAMPLE_PREFIX) else root)
         images, masks, meta, groups, _ = loaded[key]
         fold = cfg.get("fold") or 0
         train, _, test = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups,
@@ -63,11 +66,10 @@ def main():
         if len(train) != cfg.get("n_train") or len(test) != cfg.get("n_test"):
             sys.exit(f"{run}: the rebuilt split ({len(train)} train / {len(test)} test) is not the run's "
                      f"({cfg.get('n_train')} / {cfg.get('n_test')}); is --data the folder it was trained on?")
-        ev = cfg.get("evaluation") or {}
-        settings = {k: ev.get(k, default) for k, default in EVALUATION_DEFAULTS.items()}
+        post = PostProcess.from_config(cfg.get("evaluation") or {}, where=os.path.join(run, "config.yaml"))
 
         def test_dice(model):
-            rows, _ = image.evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], **settings)
+            rows, _ = evaluate_cases(model, images[test], masks[test], [meta[i] for i in test], post)
             return float(np.mean([r["dice"] for r in rows]))
 
         model = keras.models.load_model(os.path.join(run, "model.keras"))

@@ -43,11 +43,13 @@ def main():
     from tlunet.data import DataError, experiment_splits
     from tlunet.data.hc18 import read_filled_annotation
     from tlunet.runners import ConfigError
-    from tlunet.runners.image import load_data
+    from tlunet.data.kinds import load_image_set
+    from tlunet.resources import SAMPLE_PREFIX, sample_path
 
     root = args.hc18 if args.hc18 == "download" or args.hc18.startswith("sample:") else os.path.abspath(args.hc18)
     try:
-        images, _, meta, groups, _ = load_data(cfg, {**cfg["data"], "root": root})
+        images, _, meta, groups, _ = load_image_set({**cfg["data"], "root": root},
+                                                    sample_path(root) if root.startswith(SAMPLE_PREFIX) else root)
     except (DataError, ConfigError, OSError) as e:
         sys.exit(str(e) if args.hc18 in str(e) else f"{args.hc18}: {e}")
     _, val, test = experiment_splits(len(images), cfg["data"]["split"], cfg["seed"], groups, None)[0]

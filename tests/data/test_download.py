@@ -112,12 +112,12 @@ def test_tfds_load_hc18_after_import_tlunet_downloads_itself(zenodo, tmp_path, m
 
 def test_experiment_data_download_uses_the_same_path(zenodo, tmp_path, monkeypatch):
     from tlunet.runners import config_from_dict
-    from tlunet.runners.image import load_data
+    from tlunet.runners.image import load_images
     url, _ = zenodo
     monkeypatch.setenv("TLUNET_HC18_RECORD_URL", url)
     monkeypatch.setenv("TLUNET_DATA", str(tmp_path / "home"))
     cfg = config_from_dict({"name": "x", "data": {"kind": "hc18", "root": "download", "image_size": [32, 64]},
                             "runs": [{"name": "scratch", "strategy": "scratch"}]}, str(tmp_path / "x.yaml"))
-    images, masks, meta, groups, _ = load_data(cfg, cfg["data"])
+    images, masks, meta, groups, _ = load_images(cfg, cfg.data)
     assert images.shape == (4, 32, 64, 1) and sorted(set(groups)) == ["044", "082", "106"]
     assert (tmp_path / "home" / "hc18" / ".complete").is_file()

@@ -51,8 +51,8 @@ def test_reverse_transfer_runner_end_to_end(tmp_path):
 def test_shipped_reverse_transfer_config_and_bad_configs(tmp_path):
     for profile in (None, "quick", "full"):
         cfg = load_config("gare2022_reverse_transfer", profile)
-        assert {r["init"] for r in cfg["runs"]} == {"dense", "sparse", "random"}
-    assert load_config("gare2022_reverse_transfer", "full")["data"]["kind"] == "class_folders"
+        assert {r.get("init") for r in cfg.runs} == {"dense", "sparse", "random"}
+    assert load_config("gare2022_reverse_transfer", "full").data.kind == "class_folders"
     for change, error in [({"runs": [{"name": "x", "init": "imagenet"}]}, "init must be one of"),
                           ({"data": {**TINY_CLS["data"], "kind": "dicom"}}, "data.kind"),
                           ({"classifier": {"inputs": "logits"}}, "classifier.inputs"),

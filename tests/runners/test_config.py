@@ -31,9 +31,9 @@ def test_shipped_configs_load_in_every_profile():
     for name in ("wang2023_fetal_head", "cheng2021_lung_us"):
         for profile in (None, "quick", "full"):
             cfg = load_config(name, profile)
-            assert cfg["runs"] and cfg["profile"] == (profile or "default")
+            assert cfg.runs and cfg.profile == (profile or "default")
     quick = load_config("wang2023_fetal_head", "quick")
-    assert quick["data"]["root"] == "sample:hc18_small"
+    assert quick.data.get("root") == "sample:hc18_small"
     assert os.path.isfile(os.path.join(tlunet.sample_path("hc18_small"), "training_set_pixel_size_and_HC.csv"))
     # every profile of every shipped experiment loads (a profile's model options must fit its
     # model); default roots never point outside the package: a bundled sample, `download`, or unset
@@ -41,7 +41,7 @@ def test_shipped_configs_load_in_every_profile():
     for name in tlunet.list_experiments():
         for profile in (None, *(read_config(find_config(name)).get("profiles") or {})):
             cfg = load_config(name, profile)
-            for d in (cfg["data"], cfg.get("pretrain", {}).get("data", {})):
+            for d in (cfg.data, *([cfg.pretrain.data] if getattr(cfg, "pretrain", None) else [])):
                 root = d.get("root")
                 assert root is None or root == "download" or str(root).startswith(("sample:", "/path/to")), (name, root)
 
@@ -100,7 +100,7 @@ def test_a_weights_file_that_does_not_fit_is_refused_before_any_training(tmp_pat
                     {"name": "decoder", "strategy": "decoder"},
                     {"name": "own", "strategy": "decoder", "model": {"encoder_weights": "imagenet"}}]}
     cfg = with_weights_file(config_from_dict(raw, str(tmp_path / "w.yaml")), str(bad))
-    assert cfg["model"]["encoder_weights"] == str(bad) and cfg["runs"][2]["model"]["encoder_weights"] == str(bad)
-    assert cfg["runs"][0]["model"]["encoder_weights"] is None  # scratch stays scratch
+    assert cfg.model.encoder_weights == str(bad) and cfg.runs[2].model(cfg.model).encoder_weights == str(bad)
+    assert cfg.runs[0].model(cfg.model).encoder_weights is None  # scratch stays scratch
     with pytest.raises(ConfigError, match="not_mobilenet.weights.h5"):
         plan_runs(cfg, {})

@@ -111,12 +111,12 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 # ------------------------------------------------------------------ bugs the three copies hid
 def test_limit_on_phantom_data_keeps_the_arrays_and_names_the_cases(tmp_path):
-    from tlunet.runners.image import load_data
+    from tlunet.data.kinds import load_image_set
     cfg = config_from_dict(TINY, str(tmp_path / "tiny.yaml"))
-    images, masks, meta, groups, _ = load_data(cfg, {**cfg["data"], "limit": 5})
+    images, masks, meta, groups, _ = load_image_set({**cfg.data.to_block(), "limit": 5}, None)
     assert images.shape == (5, 32, 32, 1) and masks.shape == (5, 32, 32)
     assert [m["name"] for m in meta] == [f"phantom_{i:03d}" for i in range(5)] and groups == list(range(5))
-    full = load_data(cfg, cfg["data"])
+    full = load_image_set(cfg.data.to_block(), None)
     assert np.array_equal(full[0][:5], images)  # the same first five, not re-read from "files"
 
 
@@ -131,15 +131,16 @@ class _Fixed:
 
 
 def test_multiclass_runs_score_the_foreground_classes_not_the_background():
-    from tlunet.runners.image import evaluate_cases
+    from tlunet.postprocess import PostProcess
+    from tlunet.scoring import evaluate_cases
     true = np.zeros((1, 8, 8), np.uint8)
     true[0, :4, :4], true[0, 4:, 4:] = 1, 2
     perfect = np.eye(3, dtype=np.float32)[true]
     background_only = np.eye(3, dtype=np.float32)[np.zeros_like(true)]
     images = np.zeros((1, 8, 8, 1), np.uint8)
-    rows, labels = evaluate_cases(_Fixed(perfect), images, true, [{"name": "a"}])
+    rows, labels = evaluate_cases(_Fixed(perfect), images, true, [{"name": "a"}], PostProcess())
     assert rows[0]["dice"] == 1.0 and np.array_equal(labels, true)
-    rows, _ = evaluate_cases(_Fixed(background_only), images, true, [{"name": "a"}])
+    rows, _ = evaluate_cases(_Fixed(background_only), images, true, [{"name": "a"}], PostProcess())
     assert rows[0]["dice"] == 0.0  # channel 0 (background) would have scored 0.67
 
 

@@ -47,29 +47,30 @@ def test_a_run_made_before_precise_bn_was_the_default_keeps_its_meaning(tmp_path
     import yaml
 
     from tlunet.resources import ConfigError
-    from tlunet.runners.image import DEFAULTS, config_from_dict
+    from tlunet.runners import config_from_dict
     from tlunet.runners.results import read_done
 
     raw = {"name": "old", "data": {"kind": "lung_us_phantom", "n": 4, "image_size": [32, 32]},
            "model": {"name": "unet", "filters": [4, 8]}, "runs": [{"name": "r"}]}
     now = config_from_dict(raw, str(tmp_path / "c.yaml"))
-    assert now["training"]["precise_bn"] is True  # the default, resolved so config.yaml records it
+    assert now.training.precise_bn is True  # the default, resolved so config.yaml records it
+    defaults = type(now).defaults()
     run_dir = tmp_path / "old" / "r"
     run_dir.mkdir(parents=True)
-    old = {k: v for k, v in now.items() if not k.startswith("_")} | {"run": now["runs"][0]}
+    old = now.to_dict() | {"run": now.runs[0].to_dict()}
     old["training"] = {k: v for k, v in old["training"].items() if k != "precise_bn"}  # written before the key
     (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
     (run_dir / "done.json").write_text('{"dice": 0.5}')
     with pytest.raises(ConfigError, match=r"training.precise_bn: False -> True"):
-        read_done(str(run_dir), now, now["runs"][0], DEFAULTS)
+        read_done(str(run_dir), now, now.runs[0], defaults)
     before = config_from_dict({**raw, "training": {"precise_bn": False}}, str(tmp_path / "c.yaml"))
-    assert read_done(str(run_dir), before, before["runs"][0], DEFAULTS) == {"dice": 0.5}
+    assert read_done(str(run_dir), before, before.runs[0], defaults) == {"dice": 0.5}
 
 
 def test_precise_bn_defaults_off_where_it_cannot_apply(tmp_path):
-    from tlunet.runners.image import config_from_dict
+    from tlunet.runners import config_from_dict
 
     raw = {"name": "x", "data": {"kind": "lung_us_phantom"}, "model": {"name": "unet", "filters": [4, 8]},
            "runs": [{"name": "r"}]}
-    assert config_from_dict({**raw, "training": {"batchnorm": "freeze"}}, "c.yaml")["training"]["precise_bn"] is False
-    assert config_from_dict({**raw, "training": {"distribute": "mirrored"}}, "c.yaml")["training"]["precise_bn"] is False
+    assert config_from_dict({**raw, "training": {"batchnorm": "freeze"}}, "c.yaml").training.precise_bn is False
+    assert config_from_dict({**raw, "training": {"distribute": "mirrored"}}, "c.yaml").training.precise_bn is False

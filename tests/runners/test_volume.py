@@ -19,7 +19,7 @@ TINY3D = {
              "split": [0.5, 0.25, 0.25]},
     "model": {"name": "unet3d", "filters": [4, 8, 16]},
     "training": {"epochs": 1, "batch_size": 2, "patches_per_volume": 2},
-    "inference": {"overlap": 0.25},
+    "evaluation": {"overlap": 0.25},
     "pretrain": {"data": {"n": 3, "lesion_hu": 30, "seed_offset": 100}, "training": {"epochs": 1}},
     "runs": [{"name": "scratch", "transfer": "scratch"}, {"name": "hybrid", "transfer": "hybrid"},
              {"name": "body", "transfer": "body"}],
@@ -91,7 +91,8 @@ def test_find_nifti_pairs_matches_and_names_unmatched_cases(tmp_path):
 @pytest.mark.parametrize("change,error", [
     ({"runs": [{"name": "x", "transfer": "distill"}]}, "transfer 'distill'"),
     ({"data": {"kind": "dicom"}}, "data.kind"),
-    ({"inference": {"overlap_ratio": 0.5}}, "unknown inference keys"),
+    ({"evaluation": {"overlap_ratio": 0.5}}, r"unknown evaluation keys \['overlap_ratio'\] \(did you mean 'overlap'\?\)"),
+    ({"inference": {"overlap_ratio": 0.5}}, "unknown evaluation keys"),  # the former name, migrated
     ({"sweep": {"train_on": "half"}}, "train_on"),
     ({"task": "video"}, "task 'video'"),
 ])
@@ -110,19 +111,20 @@ def test_shipped_volume_configs_load_in_every_profile():
     for name in ("bressem2021_covid3d", "wang2020_lesion_transfer"):
         for profile in (None, "quick", "full"):
             cfg = load_config(name, profile)
-            assert cfg["task"] == "volume" and cfg["runs"]
+            assert cfg.TASK == "volume" and cfg.runs
     wang = load_config("wang2020_lesion_transfer")
-    assert {r["transfer"] for r in wang["runs"]} == {"scratch", "continual", "body", "encoder", "hybrid"}
-    assert wang["sweep"] == {"folds": 5, "train_on": "fold", "seeds": None}
+    assert {r.get("transfer") for r in wang.runs} == {"scratch", "continual", "body", "encoder", "hybrid"}
+    assert wang.sweep.to_dict() == {"folds": 5, "train_on": "fold", "seeds": None}
 
 
 @pytest.mark.slow
 def test_the_source_is_built_at_the_pretrain_blocks_patch_size(tmp_path):
-    from tlunet.runners.volume import pretrain
+    from tlunet.runners.volume import VolumeRunner
     raw = {**TINY3D, "pretrain": {**TINY3D["pretrain"], "data": {**TINY3D["pretrain"]["data"], "patch_size": [16, 16, 16]}}}
     cfg = config_from_dict(raw, str(tmp_path / "t.yaml"))
-    assert cfg["data"]["patch_size"] != [16, 16, 16]
-    source, _ = pretrain(cfg, str(tmp_path), 0, lambda *a: None)
+    assert list(cfg.data.patch_size) != [16, 16, 16]
+    runner = VolumeRunner(cfg, str(tmp_path), 0, lambda *a: None)
+    source = runner.pretrain()
     assert tuple(source.input_shape[1:4]) == (16, 16, 16)
 
 
@@ -140,7 +142,7 @@ def test_unavailable_pretrained_weights_skip_the_run_and_say_so_in_the_log(tmp_p
                             "runs": [{"name": "kinetics"}, {"name": "random", "model": {"encoder_weights": None}}]},
                            str(tmp_path / "t.yaml"))
     ready, skipped = plan_runs(cfg, {})
-    assert [r["name"] for r, _, _ in ready] == ["random"] and skipped[0][0] == "kinetics"
+    assert [r.name for r, _, _ in ready] == ["random"] and skipped[0][0] == "kinetics"
     assert "kinetics400 weights could not be downloaded" in skipped[0][1]
     assert capsys.readouterr().out == ""  # nothing printed behind the caller's log
 
@@ -174,7 +176,8 @@ def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path)
     import keras
 
     from tlunet.data import experiment_splits
-    from tlunet.runners.volume import _patches, load_volumes
+    from tlunet.data.kinds import load_volumes
+    from tlunet.runners.volume import patches
     from tlunet.train import precise_bn
 
     raw = {k: v for k, v in TINY3D.items() if k not in ("pretrain", "paper")}
@@ -190,11 +193,11 @@ def test_precise_bn_saves_the_batch_statistics_of_the_training_patches(tmp_path)
     assert frozen and len(frozen) < len(bns), frozen
     saved = [(l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy()) for l in bns]
     assert bns and any(np.abs(m).max() > 1e-3 for m, _ in saved)
-    cases, _ = load_volumes(cfg, cfg["data"])
-    train = experiment_splits(len(cases), cfg["data"]["split"], cfg["seed"], validation=False)[0][0]
+    cases, _ = load_volumes(cfg.data.to_block(), None, seed=cfg.seed)
+    train = experiment_splits(len(cases), list(cfg.data.split), cfg.seed, validation=False)[0][0]
 
     def recomputed_as_saved(layers):
-        precise_bn(model, _patches(cfg, cfg["data"], [cases[i] for i in train], cfg["seed"], False))
+        precise_bn(model, patches(cfg.training, cfg.data, [cases[i] for i in train], cfg.seed, False))
         for (mean, variance), layer in zip(saved, bns):
             if layer.name in layers:
                 np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5, err_msg=layer.name)

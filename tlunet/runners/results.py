@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from tlunet.resources import ConfigError
-from tlunet.runners.config import check_sources, merge, plan_runs, skip_message
+from tlunet.runners.config import check_sources, merge, migrate, plan_runs, skip_message
 from tlunet.train import atomic_write, configure, save_model
 
 
@@ -34,19 +34,19 @@ def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True
     Returns:
         (ready [(run, weights, note)], skipped [(name, reason)], experiment folder).
     """
-    check_sources(cfg, sources or {"data": cfg["data"]})
-    ready, skipped = plan_runs(cfg, {}, input_shape=input_shape) if plan else ([(r, None, None) for r in cfg["runs"]], [])
+    check_sources(cfg, sources)
+    ready, skipped = plan_runs(cfg, {}, input_shape=input_shape) if plan else ([(r, None, None) for r in cfg.runs], [])
     if skipped:
-        log(f"[{cfg['name']}] {skip_message(cfg, skipped)}")
+        log(f"[{cfg.name}] {skip_message(cfg, skipped)}")
     if not ready:
-        raise ConfigError(f"{cfg['name']}: no run can start: {skip_message(cfg, skipped)}")
-    exp_dir = os.path.join(out_dir, cfg["name"])
+        raise ConfigError(f"{cfg.name}: no run can start: {skip_message(cfg, skipped)}")
+    exp_dir = os.path.join(out_dir, cfg.name)
     try:
         os.makedirs(exp_dir, exist_ok=True)
         lock_folder(exp_dir)
     except PermissionError as e:
         raise PermissionError(f"--out {out_dir}: cannot write there ({e.strerror}); pick a writable folder") from None
-    configure(cfg["seed"], cfg.get("deterministic", False), cfg.get("training", {}).get("mixed_precision"))
+    configure(cfg.seed, cfg.deterministic, getattr(cfg.training, "mixed_precision", None))
     return ready, skipped, exp_dir
 
 
@@ -157,6 +157,8 @@ def changed_settings(run_dir, cfg, run, defaults=None):
         raise ConfigError(f"{path}: unreadable ({type(e).__name__}); delete {run_dir} to rerun that run") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"{path}: not a run config; delete {run_dir} to rerun that run")
+    saved = migrate(saved, saved.get("task", "image"))
+    cfg, run = _as_mapping(cfg), _as_mapping(run)
     current = json.loads(json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")} | {"run": run}))
     keys = [k for k in current if k not in IGNORED_SETTINGS]
     old, new = _flat(_with_defaults(saved, defaults, keys)), _flat({k: current[k] for k in keys})
@@ -201,11 +203,18 @@ def start_run(run_dir, seed):
     os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
 
 
+def _as_mapping(value):
+    """A parsed config or run as its mapping (a mapping as it is)."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
 def write_config(run_dir, cfg, **record):
     """`config.yaml`: the effective config plus `record` (the run, fold, weights used, ...)."""
+    record = {k: _as_mapping(v) for k, v in record.items()}
+
     def write(tmp):
         with open(tmp, "w") as f:
-            yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")} | record, f, sort_keys=False)
+            yaml.safe_dump(_as_mapping(cfg) | record, f, sort_keys=False)
     atomic_write(os.path.join(run_dir, "config.yaml"), write)
 
 
@@ -222,7 +231,7 @@ def merged_history(stages):
 def summary_row(spec, stages_done, weights_note, cases, measures, **extra):
     """A run's summary row: its name, `extra` (fold, fraction, counts...), stages, trainable
     parameters, initial weights, epochs, and mean and sd over `cases` of each of `measures`."""
-    row = {"run": spec["name"], **extra, "stages": "+".join(s["name"] for s in stages_done),
+    row = {"run": spec.name, **extra, "stages": "+".join(s["name"] for s in stages_done),
            "trainable_params": stages_done[-1]["trainable_params"], "weights": weights_note,
            "epochs": sum(s["epochs_run"] for s in stages_done)}
     for key in measures:
@@ -304,6 +313,21 @@ def paper_value(paper, run, key="dice"):
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "—" if value is None else str(value)
     return fmt(value / (100.0 if paper.get("dice_scale") == "percent" else 1.0))
+
+
+def markdown_table(columns, rows):
+    """A table's markdown lines. `columns`: [(header, align, cell)] with align "l" or "r" and cell a
+    function of a row giving its text; a column whose header is None is left out."""
+    columns = [c for c in columns if c[0] is not None]
+    return ["| " + " | ".join(header for header, _, _ in columns) + " |",
+            "|" + "".join("---|" if align == "l" else "---:|" for _, align, _ in columns)] + \
+        ["| " + " | ".join(str(cell(r)) for _, _, cell in columns) + " |" for r in rows]
+
+
+def mean_text(row, key, scale=1.0, digits=3):
+    """`row[key]` for a table, with ` ± sd` where the row holds a finite `key_sd`."""
+    sd = row.get(key + "_sd", float("nan"))
+    return fmt(row[key], scale, digits) + (f" ± {fmt(sd, scale, digits)}" if np.isfinite(sd) else "")
 
 
 def write_tables(exp_dir, lines, rows, log=print):
