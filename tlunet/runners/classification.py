@@ -92,8 +92,8 @@ class ClassificationRunner(Runner):
             compile_model(model, loss=plain(t.loss), learning_rate=t.learning_rate)
             fit(model, make_dataset(images[train_idx], masks[train_idx], t.batch_size, plain(t.augment), seed=seed),
                 make_dataset(images[val_idx], masks[val_idx], t.batch_size, shuffle=False), run_dir=run_dir,
-                epochs=t.epochs, verbose=self.verbose, lr_schedule=plain(t.lr_schedule),
-                callbacks=[self.progress(f"{kind}-label segmentation", t.epochs)])
+                epochs=t.epochs, verbose=self.verbose, lr_schedule=plain(t.lr_schedule), patience=t.patience,
+                tensorboard=t.tensorboard, callbacks=[self.progress(f"{kind}-label segmentation", t.epochs)])
             pred = np.argmax(model.predict(images[val_idx].astype(np.float32) / 255, verbose=0), axis=-1)
             val_dice = {name: float(np.nanmean([ev.dice(p == c, m == c) for p, m in zip(pred, masks[val_idx])
                                                  if (m == c).any() or (p == c).any()] or [float("nan")]))

@@ -34,19 +34,24 @@ LR_SCHEDULE = Rule(explain=_schedule_complaint)
 
 
 @dataclasses.dataclass(frozen=True)
-class Training(Section):
-    """`training`: how each run trains."""
+class Fitting(Section):
+    """The keys every training section has: how long, in what batches, at what learning rate."""
     epochs: int = key(10, WHOLE)
     batch_size: int = key(8, WHOLE)
     learning_rate: float = key(1e-3, POSITIVE)
-    loss: Any = key("bce_dice")
     patience: Any = key(None, OPTIONAL_WHOLE)
+    lr_schedule: Any = key(None, LR_SCHEDULE)
+    tensorboard: bool = key(False, FLAG)
+
+
+@dataclasses.dataclass(frozen=True)
+class Training(Fitting):
+    """`training` of a segmentation config: how each run trains."""
+    loss: Any = key("bce_dice")
     mixed_precision: Any = key(None, one_of(*MIXED_PRECISION))
     jit_compile: bool = key(False, FLAG)
     batchnorm: str = key("follow", one_of(*BATCHNORM_POLICIES))
     optimizer: Any = key("adam")
-    lr_schedule: Any = key(None, LR_SCHEDULE)
-    tensorboard: bool = key(False, FLAG)
     distribute: Any = key(None, one_of(*DISTRIBUTE))
     gradient_accumulation: int = key(1, WHOLE)
     precise_bn: Any = key(None, OPTIONAL_FLAG)
@@ -285,7 +290,7 @@ class Experiment:
         check_value(path, "", "seed", merged.get("seed"), Rule("a whole number", lambda v: isinstance(v, int)))
         check_value(path, "", "deterministic", merged.get("deterministic"), FLAG)
         values = {}
-        for name, section in sections.items():
+        for name, section in sorted(sections.items(), key=lambda item: item[1] is Pretrain):  # the source last
             if section is Pretrain:
                 values[name] = cls.parse_pretrain(merged, path) if "pretrain" in merged else None
             else:
@@ -369,7 +374,9 @@ def check_not_frozen_random(cfg, run):
 class SegmentationExperiment(Experiment):
     """The base of the segmentation tasks' configs: models trained through stages of fine-tuning
     strategies, perhaps from a source model (`pretrain`)."""
+    RUN_KEYS = frozenset({"name", "strategy", "stages", "model"})
     model: Model = None
+    training: Training = None
     pretrain: Pretrain = None
 
     def validate(self):
@@ -416,9 +423,8 @@ class ImageExperiment(SegmentationExperiment):
     """A `task: image` config (2D segmentation): Cheng & Lam 2021, Wang et al. 2023."""
     TASK = "image"
     MODEL = {"name": "mobilenetv2_unet", "classes": 1}
-    RUN_KEYS = frozenset({"name", "strategy", "stages", "model", "init"})
+    RUN_KEYS = SegmentationExperiment.RUN_KEYS | {"init"}  # init: pretrain starts from the source model
     data: ImageData = None
-    training: Training = None
     sweep: ImageSweep = None
     evaluation: ImageEvaluation = None
 
@@ -481,7 +487,7 @@ class VolumeExperiment(SegmentationExperiment):
     """A `task: volume` config (3D segmentation): Bressem et al. 2021, Wang et al. 2020."""
     TASK = "volume"
     MODEL = {"name": "unet3d", "classes": 1}
-    RUN_KEYS = frozenset({"name", "strategy", "stages", "model", "transfer"})
+    RUN_KEYS = SegmentationExperiment.RUN_KEYS | {"transfer"}  # Wang 2020's ways to start from the source
     data: VolumeData = None
     training: VolumeTraining = None
     evaluation: VolumeEvaluation = None
@@ -520,15 +526,12 @@ class LineData(DataBlock):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierTraining(Section):
+class ClassifierTraining(Fitting):
     """`training` of a classification config: how each classifier trains."""
     epochs: int = key(20, WHOLE)
     batch_size: int = key(16, WHOLE)
     learning_rate: float = key(3e-4, POSITIVE)
     augment: Any = key(None)
-    patience: Any = key(None, OPTIONAL_WHOLE)
-    lr_schedule: Any = key(None, LR_SCHEDULE)
-    tensorboard: bool = key(False, FLAG)
 
 
 @dataclasses.dataclass(frozen=True)
