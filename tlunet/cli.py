@@ -18,11 +18,11 @@ from tlunet.predict import predict_folder, read_pixel_sizes
 from tlunet.runners import ConfigError, config_from_dict, load_config, parse_overrides, run_experiment
 from tlunet.runners.config import merge, with_weights_file
 from tlunet.resources import SAMPLE_PREFIX, sample_path
-from tlunet.data.kinds import kinds_of, load_image_set
+from tlunet.data.kinds import colour_channels, data_kind, kinds_of, load_image_set
 from tlunet.runners.base import run_split
 from tlunet.runners.results import FolderInUse, write_csv
 from tlunet.scoring import evaluate_cases
-from tlunet.train import get_distribution_strategy, worker_role
+from tlunet.training import get_distribution_strategy, worker_role
 
 
 def _cmd_models(args):
@@ -88,16 +88,12 @@ TRAIN_FLAGS = {"model.encoder_weights": "--encoder-weights", "model.name": "--mo
                "training.distribute": "--distribute", "strategy: all": "--strategy all"}
 
 
-def _train_channels(args, wanted):
+def _train_channels(cfg, wanted):
     """(channels, why): `wanted` (--channels, or a --set data.channels), with `auto` read from the
-    data: 3 when its images have colour, else 1."""
+    data of `cfg` (checked with one channel): 3 when its images have colour, else 1."""
     if wanted != "auto":
         return wanted, f"{wanted} (as asked)"
-    if args.kind == "hc18":
-        return 1, "1 (HC18 scans are grey)"
-    from tlunet.data import find_pairs, image_channels
-
-    channels = image_channels(find_pairs(os.path.abspath(args.data), args.layout).images)
+    channels = colour_channels(cfg.data.to_block(), cfg.data.get("root"))
     return channels, ("3 (the images have colour; --channels 1 trains on grey)" if channels == 3 else
                       "1 (the images are grey)")
 
@@ -141,7 +137,7 @@ def _cmd_train(args):
     if wanted not in ("auto", 1, 3):
         raise ValueError(f"data.channels must be auto, 1 or 3. Received: {wanted!r}")
     cfg = _train_config(args, 1, merge(overrides, {"data": {"channels": 1}}))  # every flag checked first
-    channels, why = _train_channels(args, wanted)
+    channels, why = _train_channels(cfg, wanted)
     cfg = _train_config(args, channels, merge(overrides, {"data": {"channels": channels}}))
     weights = cfg.model.encoder_weights
     print(f"tlunet train: {cfg.model.name}, strategy {args.strategy}, from "
@@ -229,7 +225,10 @@ def _evaluation_data(args, saved, size, channels):
                f"{args.model} has no run config.yaml beside it (a run's model.keras has)")
         raise ValueError(f"--split {args.split} scores part of the run's own split, but {why}; drop --split to "
                          "score every image")
-    block = {"kind": kind, "root": root, "image_size": list(size), "channels": channels,
+    # the kind's own keys as the run read them (lung_us_ribs' classes and groups, ...), on the same kind
+    kept = {k: run_data[k] for k in data_kind(kind, "image").keys - {"root", "layout"}
+            if kind == run_data.get("kind") and k in run_data}
+    block = {"kind": kind, "root": root, "image_size": list(size), "channels": channels, **kept,
              **({"limit": run_data.get("limit")} if own else {}), **({"layout": layout} if kind == "pairs" else {})}
     return block, (args.split or "test") if own else "all", own
 

@@ -24,6 +24,11 @@ def test_code_reads_typed_sections_that_cannot_change(tmp_path):
         cfg.training.epochs = 1  # noqa  (a run cannot change the config it was planned with)
     with pytest.raises(TypeError):
         cfg.data.given["root"] = "elsewhere"
+    cheng = load_config("cheng2021_lung_us", "quick")
+    with pytest.raises(TypeError):  # nested values too: a run's own model, the model's options
+        cheng.runs[0].given["model"]["encoder_weights"] = "elsewhere.h5"
+    with pytest.raises(TypeError):
+        cheng.model.options["classes"] = 2
 
 
 def test_the_mapping_a_run_records_is_the_config_as_laid_over_its_defaults():
@@ -65,7 +70,7 @@ def test_a_volume_run_recorded_with_inference_is_still_this_configs(tmp_path):
     ({"runs": [{"name": "a", "stratgy": "all"}]}, r"unknown run 'a' keys \['stratgy'\] \(did you mean 'strategy'\?\)"),
     ({"data": {"kind": "lung_us_phantom", "n": 4, "phantom_siz": [32, 32]}},
      r"unknown data keys \['phantom_siz'\] \(did you mean 'phantom_size'\?\)"),
-    ({"data": {"kind": "nifti"}}, r"data.kind 'nifti' is not one of \['hc18', 'lung_us_phantom', 'pairs'\]"),
+    ({"data": {"kind": "nifti"}}, r"data.kind 'nifti' is not one of \['hc18', 'hdf5_patches', 'lung_us_phantom', "),
     ({"evaluation": {"overlap": 0.5}}, r"unknown evaluation keys \['overlap'\]"),
     ({"seed": "zero"}, r"seed must be a whole number"),
 ])
@@ -79,10 +84,10 @@ def test_the_schema_names_the_file_and_key(tmp_path, change, message):
 
 def test_every_task_runner_reads_kinds_from_one_registry():
     assert set(TASKS) == {"image", "volume", "classification"}
-    assert kinds_of("image", folders_only=True) == ["hc18", "pairs"]  # what `tlunet train --kind` offers
+    assert kinds_of("image", folders_only=True) == ["hc18", "hdf5_patches", "lung_us_ribs", "pairs"]  # `--kind`
     assert data_kind("pairs", "lines").task == "lines" and data_kind("pairs", "image").task == "image"
-    with pytest.raises(ValueError, match=r"kind 'hc19' is not one of \['hc18', 'lung_us_phantom', 'pairs'\] "
-                                         r"\(did you mean 'hc18'\?\)"):
+    with pytest.raises(ValueError, match=r"kind 'hc19' is not one of \['hc18', 'hdf5_patches', 'lung_us_phantom', "
+                                         r"'lung_us_ribs', 'pairs'\] \(did you mean 'hc18'\?\)"):
         data_kind("hc19", "image")
 
 

@@ -23,11 +23,14 @@ from tlunet._suggest import did_you_mean
 from tlunet.data.download import download_hc18
 from tlunet.data.folders import find_class_folders, find_pairs, frames_by_group
 from tlunet.data.hc18 import hc18_set
-from tlunet.data.io import DataError, read_image, read_mask
+from tlunet.data.io import DataError, image_channels, read_image, read_mask
 from tlunet.data.lines import convert_labels
+from tlunet.data.lung_us import lung_us_groups, lung_us_ribs_set
 from tlunet.data.nifti import find_nifti_pairs, hu_window, load_nifti
+from tlunet.data.patches import hdf5_patch_set
 from tlunet.data.phantoms import ct_volume, lung_ultrasound, phantom_videos
 from tlunet.data.pipeline import SegmentationSet, load_arrays, resize_pair
+from tlunet.data.pocus import find_pocus
 
 from tlunet.resources import SAMPLE_PREFIX
 
@@ -109,6 +112,38 @@ def _lung_us_phantom(block, root, seed):
     return data, list(range(len(frames))), "synthetic lung-ultrasound phantom"  # one frame per "subject"
 
 
+@register_data_kind("lung_us_ribs", "image", keys=("classes", "group"), reads_folder=True)
+def _lung_us_ribs(block, root, seed):
+    """Lung-ultrasound frames with rib-shadow, rib-line and pleural-line masks (publisher's layout); grouped by clip.
+
+    `classes`: one of `pleural_line`, `rib_shadow` (default), `rib_line` (a 0/1 mask), or a list of
+    them (a label map, 1.. in the list's order; `tlunet.data.lung_us.read_frame_mask` says which wins
+    where two overlap). `group`: `clip` (default), `subject` (`din-01`) or `number` (`01`).
+    """
+    classes = block.get("classes", "rib_shadow")
+    data = lung_us_ribs_set(root, classes)
+    groups = lung_us_groups(data.meta, block.get("group", "clip"))
+    shown = classes if isinstance(classes, str) else "+".join(classes)
+    return data, groups, f"lung-US ribs ({root}, {len(data)} frames of {len(set(groups))} groups, {shown})"
+
+
+@register_data_kind("hdf5_patches", "image", keys=("files",), reads_folder=True)
+def _hdf5_patches(block, root, seed):
+    """2D patches in HDF5 files, `images` and `labels` (N, 1, H, W); grouped by file (no patient ids)."""
+    data, groups = hdf5_patch_set(root, block.get("files"))
+    return data, groups, f"HDF5 patches ({root}: {', '.join(dict.fromkeys(groups))}; {len(data)} patches)"
+
+
+def colour_channels(block, root):
+    """3 when the images of an image data block have colour, else 1 (`tlunet.data.image_channels`:
+    grey scans saved as RGB files count as grey)."""
+    data, _, _ = data_kind(block["kind"], "image").load(block, root=root, seed=0)
+    if data.arrays is None:
+        return image_channels(data.images)
+    images = data.arrays[0][:8].astype(np.int16)
+    return 3 if images.shape[-1] == 3 and np.abs(images - images.mean(-1, keepdims=True)).mean() > 2.0 else 1
+
+
 def load_image_set(block, root, seed=0):
     """(images uint8 (N, H, W, C), masks uint8 (N, H, W), meta, groups, description) of an image data
     block, resized to its `image_size` with its `channels`, cut to its first `limit` cases if set."""
@@ -184,6 +219,27 @@ def _class_folders(block, root, seed, classes):
     return frames, labels, groups, f"{root} ({len(items)} videos/images, {len(frames)} frames)"
 
 
+@register_data_kind("pocus_folds", "frames", keys=("folds", "every", "max_frames"), reads_folder=True)
+def _pocus_folds(block, root, seed, classes):
+    """POCUS lung-ultrasound frames in the POCOVID-Net fold folders; grouped by video.
+
+    `folds`: the `split<F>` folders to read (names or numbers; default all). `every`/`max_frames`:
+    every k-th frame of a video, at most that many. Each group's publisher fold:
+    `tlunet.data.pocus_video_folds(root)`.
+    """
+    items = find_pocus(root, classes, block.get("folds"), block.get("every", 1), block.get("max_frames"))
+    frames, labels, groups = frames_by_group(items)
+    folds = ", ".join(dict.fromkeys(i["fold"] for i in items))
+    return frames, labels, groups, f"POCUS frames ({root}: {folds}; {len(set(groups))} videos, {len(frames)} frames)"
+
+
+def load_frames(block, root, seed, classes):
+    """(frames, labels, groups, description) of a frames data block, cut to its first `limit` frames."""
+    frames, labels, groups, desc = data_kind(block["kind"], "frames").load(block, root=root, seed=seed, classes=classes)
+    limit = block.get("limit")
+    return (frames[:limit], labels[:limit], groups[:limit], desc) if limit else (frames, labels, groups, desc)
+
+
 # ------------------------------------------------------------------------------ lines (segmentation sources)
 @register_data_kind("lung_us_lines", "lines", keys=("n", "phantom_size"))
 def _lines_phantom(block, root, seed, label_kind):
@@ -210,3 +266,11 @@ def _lines_pairs(block, root, seed, label_kind):
         mask = read_mask(mask_path, binary=False, num_classes=4)
         masks.append(mask if block.get("labels", "dense") == label_kind else convert_labels(mask, label_kind))
     return images, masks, f"{root} ({len(images)} frames, {label_kind} labels)"
+
+
+def load_line_set(block, root, seed, label_kind):
+    """(images, masks, description) of a line-label data block (`label_kind` dense or sparse), cut to
+    its first `limit` frames."""
+    images, masks, desc = data_kind(block["kind"], "lines").load(block, root=root, seed=seed, label_kind=label_kind)
+    limit = block.get("limit")
+    return (images[:limit], masks[:limit], desc) if limit else (images, masks, desc)
