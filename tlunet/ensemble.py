@@ -21,7 +21,7 @@ import keras
 import yaml
 
 from tlunet.files import atomic_write
-from tlunet.inference import EVALUATION_DEFAULTS
+from tlunet.postprocess import PostProcess
 from tlunet.resources import read_config
 from tlunet.training import compile_model, save_model
 
@@ -194,5 +194,4 @@ def write_ensemble(model_paths, out_dir):
 def _evaluation(cfg):
     """How a run config says its test images are scored (`evaluation`'s tta, threshold and
     largest_component; a key an older config lacks is the default)."""
-    saved = cfg.get("evaluation") or {}
-    return {k: saved.get(k, v) for k, v in EVALUATION_DEFAULTS.items()}
+    return PostProcess.from_config(cfg.get("evaluation")).to_dict()

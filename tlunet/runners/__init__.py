@@ -10,8 +10,8 @@ The config's `task` picks the runner from `TASKS`:
 
 Every runner is a `tlunet.runners.base.Runner`: the plan, skipping and resuming, ensembles and the
 tables are there; a task supplies its hooks and its config class (`tlunet.runners.sections`). A
-sixth paper is a folder under `experiments/` with a `config.yaml` for one of these tasks; a new
-task is a module here with a `Runner` subclass, added to `TASKS`.
+new paper is a folder under `experiments/` with a `config.yaml` for one of these tasks; a new task
+is a module here with a `Runner` subclass, added to `TASKS` (see docs/architecture.md).
 """
 
 import os
@@ -24,7 +24,7 @@ from tlunet.runners.config import apply_profile, parse_overrides, resolve_precis
 from tlunet.runners.image import ImageRunner
 from tlunet.runners.results import release_folder
 from tlunet.runners.volume import VolumeRunner
-from tlunet.train import get_distribution_strategy, worker_role
+from tlunet.training import get_distribution_strategy, worker_role
 
 TASKS = {"image": ImageRunner, "volume": VolumeRunner, "classification": ClassificationRunner}
 

@@ -26,11 +26,11 @@ from tlunet.resources import ConfigError
 from tlunet.plots import learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.runners.config import check_split_sizes, skip_message
-from tlunet.runners.results import (aggregate_folds, finish_run, mean_sd, merged_history, open_experiment, read_done,
-                                    start_run, write_config, write_csv, write_tables)
+from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, mean_sd, merged_history,
+                                    open_experiment, read_done, start_run, write_config, write_csv, write_tables)
 from tlunet.runners.schema import plain
 from tlunet.runners.sections import RunSpec
-from tlunet.train import compile_model, fit, run_stages, save_model
+from tlunet.training import compile_model, fit, run_stages, save_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,11 @@ class Job:
     train: list
     val: list
     test: list
+
+    @property
+    def seed_field(self):
+        """`{"seed": the sweep's seed}` for the job's row; empty without seeds."""
+        return {"seed": self.repeat_seed} if self.repeat_seed is not None else {}
 
     @property
     def group(self):
@@ -76,6 +81,7 @@ class Runner:
         return os.path.join(self.resume_from, self.cfg.name, folder) if self.resume_from else None
 
     def log(self, text):
+        """Logs one line, prefixed with the experiment's name."""
         self._log(f"[{self.cfg.name}] {text}")
 
     # ------------------------------------------------------------------ hooks
@@ -103,7 +109,12 @@ class Runner:
         raise NotImplementedError
 
     def prepare(self):
-        """Trains (or reuses) the source models the runs start from."""
+        """Trains (or reuses) the source models the runs start from: the `pretrain` block's, if any."""
+        self.source_model = self.pretrain() if getattr(self.cfg, "pretrain", None) is not None else None
+
+    def pretrain(self):
+        """The source model of the `pretrain` block (see `source_model`)."""
+        raise NotImplementedError
 
     def train_and_evaluate(self, job):
         """Trains and tests one job; writes its run folder; returns its summary row."""
@@ -113,8 +124,9 @@ class Runner:
         """A finished job's measures, for the log."""
         return f"Dice {row['dice']:.3f}"
 
-    def summary_lines(self, rows, source, skipped):
-        """The summary table's markdown lines."""
+    def summary_lines(self, rows, source):
+        """The summary's markdown lines between its title and its notes: the data, the table(s) and
+        what their numbers are."""
         raise NotImplementedError
 
     def after_summary(self, rows):
@@ -139,7 +151,7 @@ class Runner:
         for job in jobs:
             rows[job.name] = self._done_or_train(job, start)
         summary = self.aggregate(jobs, rows)
-        write_tables(self.exp_dir, self.summary_lines(summary, source, skipped), summary, self._log)
+        write_tables(self.exp_dir, self.summary(summary, source, skipped), summary, self._log)
         self.after_summary(summary)
         self.log(f"wrote {os.path.join(self.exp_dir, 'summary.md')} in {time.time() - start:.0f}s")
         return summary
@@ -170,9 +182,17 @@ class Runner:
                  + (f", weights sha1 {row['weights_sha1']}" if "weights_sha1" in row else ""))
         return row
 
+    def summary(self, rows, source, skipped):
+        """summary.md's lines: the title, the task's `summary_lines`, the runs not run and the paper's note."""
+        cfg, paper = self.cfg, self.cfg.paper
+        return [f"# {cfg.name} — profile `{cfg.profile}`", "", *self.summary_lines(rows, source)] + \
+            (["", f"Not run: {skip_message(cfg, skipped)}"] if skipped else []) + \
+            (["", paper["note"]] if paper.get("note") else [])
+
     def aggregate(self, jobs, rows):
         """One row per run and fraction: the mean ± sd over its folds and seeds; then, where the config
-        averages the seeds' models, the ensemble of each fold's seeds, aggregated over folds."""
+        averages the seeds' models, the ensemble of each fold's seeds (made here, or reused), aggregated
+        over folds."""
         summary = []
         for _, group in itertools.groupby(jobs, key=lambda j: (j.spec.name, j.fraction)):
             group = list(group)
@@ -189,9 +209,6 @@ class Runner:
     def check_splits(self, splits, subjects, validation=True):
         """Stops before training when a split leaves a part empty (`check_split_sizes`)."""
         check_split_sizes(self.cfg, splits, subjects, validation=validation)
-
-    def skip_note(self, skipped):
-        return ["", f"Not run: {skip_message(self.cfg, skipped)}"] if skipped else []
 
     # ------------------------------------------------------------------ shared by the tasks' hooks
     def fit_stages(self, job, model, datasets, bn_data):
@@ -213,6 +230,15 @@ class Runner:
         history = merged_history(done)
         write_csv(os.path.join(run_dir, "history.csv"), [dict(zip(history, v)) for v in zip(*history.values())])
         learning_curves(history, os.path.join(run_dir, "figures", "learning_curves.png"), job.name)
+
+    def source_model(self, train, describe):
+        """The `pretrain` block's source model: trained once by `train()` -> (model, info) in
+        `exp_dir/pretrain`, reused while its settings are the config's; logs `describe(model, info)`."""
+        p, keys = self.cfg.pretrain, ("seed", "data", "model", "training")
+        model, info = cached_source(os.path.join(self.exp_dir, "pretrain"), train, settings=p.settings(self.cfg.seed),
+                                    defaults={k: v for k, v in self.CONFIG.defaults().items() if k in keys})
+        self.log(describe(model, info))
+        return model
 
     def fit_source(self, model, training, datasets, label="source (pre-training)", folder="pretrain"):
         """Compiles and fits a source model in `exp_dir/folder` with `training` (a Training section);

@@ -16,7 +16,7 @@ import numpy as np
 
 from tlunet import evaluation as ev
 from tlunet.data import make_classification_dataset, make_dataset, resize_pair, split_indices, stratified_split
-from tlunet.data.kinds import data_kind
+from tlunet.data.kinds import load_frames, load_line_set
 from tlunet.explain import explain_figure
 from tlunet.finetune import trainable_params
 from tlunet.models import seg_to_classifier
@@ -27,7 +27,7 @@ from tlunet.runners.config import resolve_path
 from tlunet.runners.results import cached_source, finish_run, fmt, markdown_table, mean_text, start_run, write_config, write_csv
 from tlunet.runners.schema import plain
 from tlunet.runners.sections import LINE_NAMES, ClassificationExperiment, SegmentationSource
-from tlunet.train import compile_model, fit, save_model
+from tlunet.training import compile_model, fit, save_model
 
 def _resized(images, masks, size):
     pairs = [resize_pair(i, m, tuple(size)) for i, m in zip(images, masks)]
@@ -47,10 +47,8 @@ class ClassificationRunner(Runner):
 
     def load(self):
         d = self.cfg.data
-        self.frames, self.labels, groups, self.source = data_kind(d.kind, "frames").load(
-            d.to_block(), root=resolve_path(self.cfg, d.get("root")), seed=self.cfg.seed, classes=list(self.cfg.classes))
-        if d.limit:
-            self.frames, self.labels, groups = self.frames[:d.limit], self.labels[:d.limit], groups[:d.limit]
+        self.frames, self.labels, groups, self.source = load_frames(
+            d.to_block(), resolve_path(self.cfg, d.get("root")), self.cfg.seed, list(self.cfg.classes))
         self.groups = groups
         return groups, self.source
 
@@ -64,6 +62,7 @@ class ClassificationRunner(Runner):
         return f"data: {self.source}; {len(train)}/{len(val)}/{len(test)} frames train/val/test, split by video"
 
     def prepare(self):
+        """The line-segmentation sources the runs start from, each trained once."""
         self.sources = {kind: self.train_segmentation(kind) for kind in ("dense", "sparse")
                         if any(r.get("init") == kind for r in self.cfg.runs)}
 
@@ -82,8 +81,7 @@ class ClassificationRunner(Runner):
         run_dir = os.path.join(self.exp_dir, f"segmentation_{kind}")
 
         def train():
-            images, masks, desc = data_kind(s.data.kind, "lines").load(
-                s.data.to_block(), root=resolve_path(self.cfg, s.data.get("root")), seed=seed, label_kind=kind)
+            images, masks, desc = load_line_set(s.data.to_block(), resolve_path(self.cfg, s.data.get("root")), seed, kind)
             images, masks = _resized(images, masks, s.data.image_size)
             train_idx, val_idx = split_indices(len(images), (0.85, 0.15), seed=seed)
             keras.utils.set_random_seed(seed)
@@ -149,8 +147,7 @@ class ClassificationRunner(Runner):
                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
                "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),
                "n_test_frames": len(job.test), "n_test_videos": m["n_test_videos"],
-               **{f"f1_{n}": m["per_class"][n]["f1"] for n in names},
-               **({"seed": job.repeat_seed} if job.repeat_seed is not None else {})}
+               **{f"f1_{n}": m["per_class"][n]["f1"] for n in names}, **job.seed_field}
         finish_run(run_dir, row, job.name)
         return row
 
@@ -182,8 +179,8 @@ class ClassificationRunner(Runner):
     def row_text(self, row):
         return f"accuracy {row['accuracy']:.3f}, macro F1 {row['macro_f1']:.3f}, macro AUC {row['macro_auc']:.3f}"
 
-    def summary_lines(self, rows, source, skipped):
-        names, paper, seeds = self.cfg.classes, self.cfg.paper, self.cfg.sweep.seeds
+    def summary_lines(self, rows, source):
+        names, seeds = self.cfg.classes, self.cfg.sweep.seeds
         measure = lambda key: lambda r: mean_text(r, key)  # noqa: E731
         table = markdown_table([
             ("run", "l", lambda r: r["run"]), ("initialised from", "l", lambda r: r["init"]),
@@ -193,9 +190,9 @@ class ClassificationRunner(Runner):
             *((f"F1 {n}", "r", measure(f"f1_{n}")) for n in names), ("video accuracy", "r", measure("video_accuracy")),
             ("epochs", "r", lambda r: f"{r['epochs']:g}"),
             ("test frames / videos", "r", lambda r: f"{r['n_test_frames']} / {r['n_test_videos']}")], rows)
-        lines = [f"# {self.cfg.name} — profile `{self.cfg.profile}`", "", f"Data: {source}.", "", *table]
+        lines = [f"Data: {source}.", "", *table]
         if seeds and len(seeds) > 1:
             lines += ["", f"Mean ± sd (population sd) over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each seed "
                           "initialises and shuffles the classifier anew; the data, the split and the segmentation "
                           "sources are the same."]
-        return lines + (["", paper["note"]] if paper.get("note") else [])
+        return lines

@@ -16,9 +16,9 @@ import tlunet
 from tlunet.resources import MAX_DEPTH, SAMPLE_PREFIX, ConfigError, load_yaml, sample_path
 from tlunet.runners.schema import merge
 from tlunet.runners.sections import RunSpec
-from tlunet.train import get_distribution_strategy
+from tlunet.training import get_distribution_strategy
 
-# Keys every config may have at the top level, whatever its task.
+# Keys whose `--set` value is a path: taken relative to where the command runs.
 _PATH_KEYS = ("root", "encoder_weights")
 
 
@@ -164,7 +164,7 @@ def parse_overrides(items):
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is set to a value and used as a section")
         if parts[-1] in _PATH_KEYS and isinstance(value, str) and value != "download" \
-                and not value.startswith(SAMPLE_PREFIX) and value not in ("imagenet", "kinetics400"):
+                and not value.startswith(SAMPLE_PREFIX) and value not in DOWNLOADABLE_WEIGHTS:
             value = os.path.abspath(os.path.expanduser(value))
         node[parts[-1]] = value
     return out

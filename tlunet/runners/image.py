@@ -16,11 +16,11 @@ from tlunet.data.kinds import load_image_set
 from tlunet.plots import bland_altman, dice_vs_fraction, dice_vs_params, overlays
 from tlunet.runners.base import Runner, is_finite
 from tlunet.runners.config import distribution_scope, resolve_path
-from tlunet.runners.results import (UNITS, cached_source, finish_run, fmt, markdown_table, mean_text, paper_value,
+from tlunet.runners.results import (UNITS, finish_run, fmt, markdown_table, mean_text, paper_value,
                                     start_run, summary_row, write_config, write_csv)
 from tlunet.runners.sections import ImageExperiment
 from tlunet.scoring import evaluate_cases
-from tlunet.train import save_model, weights_digest
+from tlunet.training import save_model, weights_digest
 from tlunet.transfer import transfer_weights
 
 
@@ -54,9 +54,6 @@ class ImageRunner(Runner):
                 f"validation / {len(test)} test{' (fold 0)' if len(splits) > 1 else ''}; "
                 f"{total} training run{'s' * (total > 1)}")
 
-    def prepare(self):
-        self.source_model = self.pretrain() if self.cfg.pretrain is not None else None
-
     def pretrain(self):
         """The source model of `init: pretrain` runs (e.g. X-Unet on grey salient-object images), trained once."""
         p = self.cfg.pretrain
@@ -75,12 +72,9 @@ class ImageRunner(Runner):
                            "val_dice": history.get("val_dice", [float("nan")])[-1],
                            "name": p.data.get("layout") or p.data.kind}
 
-        defaults = {k: v for k, v in self.CONFIG.defaults().items() if k in ("seed", "data", "model", "training")}
-        model, info = cached_source(os.path.join(self.exp_dir, "pretrain"), train, settings=p.settings(self.cfg.seed),
-                                    defaults=defaults)
-        self.log(f"source model: {p.model.name} pre-trained on {info['source']} ({info['images']} images, "
-                 f"{info['epochs']} epochs, final val Dice {info['val_dice']:.3f})")
-        return model
+        return self.source_model(train, lambda model, info: (
+            f"source model: {p.model.name} pre-trained on {info['source']} ({info['images']} images, "
+            f"{info['epochs']} epochs, final val Dice {info['val_dice']:.3f})"))
 
     def build(self, job):
         """The job's model, and the note saying which weights it starts from."""
@@ -111,7 +105,7 @@ class ImageRunner(Runner):
         save_model(model, os.path.join(run_dir, "model.keras"))
         cases = self.evaluate_model(model, run_dir, job.name, job.test)
         row = summary_row(job.spec, done, note, cases, MEASURES, fraction=job.fraction, fold=job.fold,
-                          n_test=len(job.test), **({"seed": job.repeat_seed} if job.repeat_seed is not None else {}),
+                          n_test=len(job.test), **job.seed_field,
                           **({"weights_sha1": weights_digest(model)} if t.distribute else {}))
         finish_run(run_dir, row, job.name)
         return row
@@ -139,7 +133,7 @@ class ImageRunner(Runner):
                          os.path.join(figures, "bland_altman_hc.png"), f"{name}: HC on {len(cases)} test images")
         return cases
 
-    def summary_lines(self, rows, source, skipped):
+    def summary_lines(self, rows, source):
         paper, has_hc = self.cfg.paper, any(is_finite(r, "hc_abs_error_mm") for r in rows)
         paper_dice = lambda r: paper_value(paper, r["run"]) if r["fraction"] == 1 else "—"  # noqa: E731  (full sets)
         has_paper = any(paper_dice(r) != "—" for r in rows)
@@ -151,7 +145,7 @@ class ImageRunner(Runner):
             ("HC MAE (mm)" if has_hc else None, "r", lambda r: fmt(r["hc_abs_error_mm"], 1, 2)),
             ("epochs", "r", lambda r: f"{r['epochs']:g}"), ("test cases", "r", lambda r: r["n_test"]),
             ("initial weights", "l", lambda r: r["weights"])], rows)
-        lines = [f"# {self.cfg.name} — profile `{self.cfg.profile}`", "", f"Data: {source}. {UNITS}. Measures at the "
+        lines = [f"Data: {source}. {UNITS}. Measures at the "
                  "model's input size" + ("; HC error from the probabilities resized to the scan's own size." if has_hc
                                          else "."), "", *table]
         challenge = [r for r in rows if is_finite(r, "adf_mm")]
@@ -169,7 +163,7 @@ class ImageRunner(Runner):
         if any(r.get("stages") == "ensemble" for r in rows):
             lines += ["", "A \"(ensemble)\" row is the mean probability of the seeds' models, tested as one model: "
                       "its ± is over folds (none with one fold); its trainable params and epochs are the members' sums."]
-        return lines + self.skip_note(skipped) + (["", paper["note"]] if paper.get("note") else [])
+        return lines
 
     def after_summary(self, rows):
         cfg, paper = self.cfg, self.cfg.paper

@@ -22,7 +22,8 @@ import yaml
 
 from tlunet.resources import ConfigError
 from tlunet.runners.config import check_sources, merge, migrate, plan_runs, skip_message
-from tlunet.train import atomic_write, configure, save_model
+from tlunet.files import atomic_write
+from tlunet.training import configure, save_model
 
 
 def open_experiment(cfg, out_dir, log, sources=None, input_shape=None, plan=True):
@@ -145,8 +146,8 @@ def _with_defaults(saved, defaults, keys):
 def changed_settings(run_dir, cfg, run, defaults=None):
     """The settings (dotted keys, old -> new) in which `cfg` and `run` differ from what the run in
     `run_dir` was made with (its config.yaml); empty if they agree or the folder has no config.
-    A setting that the run's config.yaml lacks reads as its value in `defaults` (the runner's
-    DEFAULTS): a key added to tlunet after the run was made, whose default is what runs did before."""
+    A setting that the run's config.yaml lacks reads as its value in `defaults` (the config
+    class's `defaults()`): a key added to tlunet after the run was made, whose default is what runs did before."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return []
@@ -171,7 +172,7 @@ def read_done(run_dir, cfg=None, run=None, defaults=None):
 
     With `cfg` and `run`, a run folder made with other settings is refused (ConfigError listing what
     changed): a finished one is not reused as if it were this config's result, an unfinished one is
-    not resumed under new settings. `defaults`: the runner's DEFAULTS, for settings an older
+    not resumed under new settings. `defaults`: the config class's `defaults()`, for settings an older
     config.yaml lacks (`changed_settings`).
     """
     done = os.path.join(run_dir, "done.json")
@@ -348,7 +349,7 @@ def cached_source(run_dir, train, settings=None, defaults=None):
         settings: what the source is made from (its data, model and training blocks); a finished
             source made with other settings is refused (ConfigError listing what changed), never
             reused as if it were this config's.
-        defaults: the runner's defaults for `settings`' keys: a setting that the saved source lacks
+        defaults: the config class's defaults for `settings`' keys: a setting that the saved source lacks
             (added to tlunet after it was made) reads as its default, so an upgrade does not refuse it.
 
     Returns:

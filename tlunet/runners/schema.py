@@ -1,11 +1,11 @@
 """Typed experiment configs: frozen dataclasses whose fields give each key's default and rule, and
 the one parser that turns a config mapping into them, with errors naming the file and the key.
 
-A section is a `Section` subclass: each field a key, `rule(...)` its check. `Section.parse` refuses
-unknown keys (with the nearest spelling), checks each value, turns lists into tuples (so a parsed
-config cannot change), and fills defaults; `to_dict` gives the mapping a run's `config.yaml` holds.
-Keys that only some data kinds read (`root`, `layout`, ...) are a section's `OPTIONAL` keys: kept
-as given, absent when not given.
+A section is a `Section` subclass: each field a key, `key(default, rule)` its default and check.
+`Section.parse` refuses unknown keys (with the nearest spelling), checks each value, freezes it
+(lists become tuples, mappings read-only, so a parsed config cannot change) and fills defaults;
+`to_dict` gives the mapping a run's `config.yaml` holds. Keys a section accepts beyond its fields
+(a data kind's own: `root`, `layout`, ...) are kept as given in `given`, absent when not given.
 """
 
 import copy
@@ -14,7 +14,7 @@ import math
 import os
 import numbers
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 from tlunet._suggest import did_you_mean_keys
 from tlunet.resources import ConfigError
@@ -70,18 +70,18 @@ def sizes(dims):
 
 def key(default, check=None):
     """A section field: its default and its `Rule` (None: any value)."""
-    frozen = _frozen(default)
-    if isinstance(frozen, MappingProxyType):
-        return dataclasses.field(default_factory=lambda: frozen, metadata={"rule": check})
-    return dataclasses.field(default=frozen, metadata={"rule": check})
+    value = frozen(default)
+    if isinstance(value, MappingProxyType):  # unhashable: dataclasses take it only from a factory
+        return dataclasses.field(default_factory=lambda: value, metadata={"rule": check})
+    return dataclasses.field(default=value, metadata={"rule": check})
 
 
-def _frozen(value):
+def frozen(value):
     """Lists as tuples and mappings as read-only mappings, recursively: a parsed config cannot change."""
     if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, dict):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        return tuple(frozen(v) for v in value)
+    if isinstance(value, (dict, MappingProxyType)):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
     return value
 
 
@@ -133,12 +133,12 @@ def check_value(path, where, name, value, check):
 @dataclasses.dataclass(frozen=True)
 class Section:
     """A config section: one field per key. Subclasses declare fields with `key(default, rule)`."""
-    OPTIONAL: ClassVar[frozenset] = frozenset()  # keys taken as given, absent unless given
     given: Any = dataclasses.field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     @classmethod
     def keys(cls):
-        return {f.name for f in dataclasses.fields(cls) if f.name != "given"} | set(cls.OPTIONAL)
+        """The keys the section's fields hold."""
+        return {f.name for f in dataclasses.fields(cls) if f.name != "given"}
 
     @classmethod
     def parse(cls, raw, path, where, extra_keys=()):
@@ -149,9 +149,9 @@ class Section:
         for f in dataclasses.fields(cls):
             if f.name in raw and f.name != "given":
                 check_value(path, where, f.name, raw[f.name], f.metadata.get("rule"))
-                values[f.name] = _frozen(raw[f.name])
+                values[f.name] = frozen(raw[f.name])
         optional = {k: v for k, v in raw.items() if k not in values}
-        return cls(given=_frozen(optional), **values)
+        return cls(given=frozen(optional), **values)
 
     @classmethod
     def default_dict(cls):
@@ -159,7 +159,7 @@ class Section:
         return cls().to_dict()
 
     def get(self, name, default=None):
-        """An optional key's value (`OPTIONAL`), or `default` when the config does not give it."""
+        """The value of a key the section accepts beyond its fields, or `default` when not given."""
         return self.given.get(name, default)
 
     def to_dict(self):
@@ -169,7 +169,7 @@ class Section:
 
     def replace(self, **changes):
         """A copy with `changes` (values frozen as `parse` would)."""
-        return dataclasses.replace(self, **{k: _frozen(v) for k, v in changes.items()})
+        return dataclasses.replace(self, **{k: frozen(v) for k, v in changes.items()})
 
 
 def merge(base, over):

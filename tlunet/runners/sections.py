@@ -13,12 +13,12 @@ from tlunet._suggest import did_you_mean_keys
 from tlunet.data.kinds import data_kind, kinds_of
 from tlunet.finetune import BATCHNORM_POLICIES, get_strategy
 from tlunet.models.classifier import FEATURE_INPUTS
-from tlunet.postprocess import PostProcess
+from tlunet.postprocess import IMAGE_TTA, PostProcess
 from tlunet.resources import ConfigError
 from tlunet.runners.schema import (FLAG, FOLDS, FRACTION, FRACTIONS, OPTIONAL_FLAG, OPTIONAL_WHOLE, POSITIVE,
                                    PROBABILITY, SEEDS, SPLIT, WHOLE, Rule, Section, check_folder_name, check_known,
-                                   check_mapping, check_value, key, merge, one_of, plain, refuse, sizes)
-from tlunet.train import DISTRIBUTE, MIXED_PRECISION, check_lr_schedule
+                                   check_mapping, check_value, frozen, key, merge, one_of, plain, refuse, sizes)
+from tlunet.training import DISTRIBUTE, MIXED_PRECISION, check_lr_schedule
 from tlunet.transfer import TRANSFER_METHODS
 
 
@@ -66,7 +66,7 @@ class Training(Fitting):
 @dataclasses.dataclass(frozen=True)
 class Evaluation(Section):
     """`evaluation`: the post-processing a run's test cases are scored with."""
-    tta: Any = key(None, one_of(None, "flip"))
+    tta: Any = key(None, one_of(*IMAGE_TTA))
     threshold: float = key(0.5, PROBABILITY)
 
 
@@ -119,22 +119,25 @@ class Model:
 
     @classmethod
     def parse(cls, raw, path, where):
+        """The block from its mapping, checked against the model's builder (`check_model`)."""
         raw = check_mapping(path, where, raw)
         check_model(raw, path, where)
-        return cls(raw["name"], MappingProxyType({k: v for k, v in raw.items() if k != "name"}))
+        return cls(raw["name"], frozen({k: v for k, v in raw.items() if k != "name"}))
 
     @property
     def classes(self):
+        """The model's output classes (1: one foreground channel)."""
         return self.options.get("classes", 1)
 
     @property
     def encoder_weights(self):
+        """The encoder weights the block names (None: random)."""
         return self.options.get("encoder_weights")
 
     def merged(self, over):
         """This block updated by the mapping `over` (a run's own model keys)."""
         over = dict(over or {})
-        return Model(over.pop("name", self.name), MappingProxyType({**self.options, **over}))
+        return Model(over.pop("name", self.name), frozen({**plain(self.options), **over}))
 
     def build(self, input_shape, *, leave_out=("encoder_weights",), **given):
         """`tlunet.build_model` with this block's options (less `leave_out`) and `given`."""
@@ -142,6 +145,7 @@ class Model:
         return tlunet.build_model(self.name, input_shape=tuple(input_shape), **{**options, **given})
 
     def to_dict(self):
+        """The block as a config mapping."""
         return {"name": self.name, **plain(self.options)}
 
 
@@ -171,6 +175,7 @@ class RunSpec:
     given: Any
 
     def get(self, name, default=None):
+        """The run's own value of `name`, or `default`."""
         return self.given.get(name, default)
 
     def model(self, base):
@@ -187,6 +192,7 @@ class RunSpec:
         return [{"strategy": plain(self.given.get("strategy", "all")), **base}]
 
     def to_dict(self):
+        """The run as written."""
         return plain(self.given)
 
 
@@ -203,7 +209,7 @@ def parse_runs(raw, path, allowed):
     if len(set(names)) != len(names):
         raise refuse(path, f"run names must differ (each is a folder); repeated: "
                            f"{sorted({n for n in names if names.count(n) > 1})}")
-    return tuple(RunSpec(run["name"], MappingProxyType(dict(run))) for run in raw)
+    return tuple(RunSpec(run["name"], frozen(run)) for run in raw)
 
 
 def check_stages(cfg, run):
@@ -239,6 +245,7 @@ class Pretrain:
                 "training": self.training.to_dict()}
 
     def to_dict(self):
+        """The block as written."""
         return plain(self.given)
 
 
@@ -287,7 +294,8 @@ class Experiment:
         if not merged.get("name"):
             raise refuse(path, "missing `name`")
         check_folder_name(path, "name", merged["name"])
-        check_value(path, "", "seed", merged.get("seed"), Rule("a whole number", lambda v: isinstance(v, int)))
+        check_value(path, "", "seed", merged.get("seed"),
+                    Rule("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)))
         check_value(path, "", "deterministic", merged.get("deterministic"), FLAG)
         values = {}
         for name, section in sorted(sections.items(), key=lambda item: item[1] is Pretrain):  # the source last
@@ -297,7 +305,7 @@ class Experiment:
                 values[name] = section.parse(merged.get(name), path, name)
         cfg = cls(name=merged["name"], path=path, profile=profile, seed=merged["seed"],
                   deterministic=merged["deterministic"], runs=parse_runs(merged.get("runs"), path, cls.RUN_KEYS),
-                  extras=MappingProxyType({k: merged[k] for k in EXTRA_KEYS if k in merged}), **values)
+                  extras=frozen({k: merged[k] for k in EXTRA_KEYS if k in merged}), **values)
         cfg.validate()
         return cfg
 
@@ -311,13 +319,14 @@ class Experiment:
                                                                             given.get(name))),
                                              path, f"pretrain.{name}")
                   for name in ("data", "model", "training")}
-        return Pretrain(MappingProxyType(dict(given)), **parsed)
+        return Pretrain(frozen(dict(given)), **parsed)
 
     def validate(self):
         """Checks across keys, after each key's own (a task's config adds its own)."""
 
     @property
     def paper(self):
+        """The `paper` mapping (their numbers and a note for the tables), or {}."""
         return plain(self.extras.get("paper")) or {}
 
     @property
@@ -464,13 +473,14 @@ class VolumeTraining(Training):
     """`training` of a volume config: also how patches are drawn and augmented."""
     batch_size: int = key(2, WHOLE)
     patches_per_volume: int = key(4, WHOLE)
-    foreground_prob: float = key(0.33, Rule("a number in [0, 1]", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1))
+    foreground_prob: float = key(0.33, FRACTION)
     augment: bool = key(True, FLAG)
 
 
 @dataclasses.dataclass(frozen=True)
 class VolumeEvaluation(Evaluation):
-    """`evaluation` of a volume config: sliding windows over whole volumes, NSD's tolerance."""
+    """`evaluation` of a volume config: sliding windows over whole volumes, NSD's tolerance. On volumes
+    `tta: flip` averages the volume's prediction with those of its mirrors along every axis."""
     overlap: float = key(0.5, Rule("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1))
     batch_size: int = key(2, WHOLE)
     nsd_tolerance_mm: float = key(1.0, POSITIVE)

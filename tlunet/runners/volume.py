@@ -16,10 +16,10 @@ from tlunet.inference import sliding_window_predict
 from tlunet.plots import overlays
 from tlunet.runners.base import Runner
 from tlunet.runners.config import distribution_scope, resolve_path
-from tlunet.runners.results import (UNITS, cached_source, finish_run, fmt, markdown_table, mean_text, paper_value,
+from tlunet.runners.results import (UNITS, finish_run, fmt, markdown_table, mean_text, paper_value,
                                     start_run, summary_row, write_config, write_csv)
 from tlunet.runners.sections import VolumeExperiment
-from tlunet.train import save_model
+from tlunet.training import save_model
 
 
 MEASURES = ("dice", "nsd", "hd95_mm")
@@ -83,9 +83,6 @@ class VolumeRunner(Runner):
     def describe(self, groups, splits, total):
         return f"data: {self.source}; patches {tuple(self.cfg.data.patch_size)}"
 
-    def prepare(self):
-        self.source_model = self.pretrain() if self.cfg.pretrain is not None else None
-
     def pretrain(self):
         """The source-task model (Wang et al. 2020: non-COVID lung lesions), trained once, at the pre-train
         block's own patch size (convolution weights do not depend on it)."""
@@ -103,12 +100,9 @@ class VolumeRunner(Runner):
             return model, {"source": desc, "epochs": len(history.get("loss", [])),
                            "val_dice": history.get("val_dice", [float("nan")])[-1]}
 
-        defaults = {k: v for k, v in self.CONFIG.defaults().items() if k in ("seed", "data", "model", "training")}
-        model, info = cached_source(os.path.join(self.exp_dir, "pretrain"), train, settings=p.settings(seed),
-                                    defaults=defaults)
-        self.log(f"source model: {model.name} pre-trained on {info['source']}: {info['epochs']} epochs, "
-                 f"final val Dice {info['val_dice']:.3f}")
-        return model
+        return self.source_model(train, lambda model, info: (
+            f"source model: {model.name} pre-trained on {info['source']}: {info['epochs']} epochs, "
+            f"final val Dice {info['val_dice']:.3f}"))
 
     def build(self, job):
         """The job's model, and the note saying which weights it starts from."""
@@ -140,15 +134,14 @@ class VolumeRunner(Runner):
         slice_overlays(test_cases, preds, os.path.join(run_dir, "figures", "overlays.png"))
         save_model(model, os.path.join(run_dir, "model.keras"))
         row = summary_row(job.spec, done, note, rows, MEASURES, fold=job.fold, transfer=job.spec.get("transfer") or "—",
-                          n_train=len(job.train), n_test=len(job.test),
-                          **({"seed": job.repeat_seed} if job.repeat_seed is not None else {}))
+                          n_train=len(job.train), n_test=len(job.test), **job.seed_field)
         finish_run(run_dir, row, job.name)
         return row
 
     def row_text(self, row):
         return f"Dice {row['dice']:.3f}, NSD {row['nsd']:.3f}, trainable {row['trainable_params']:,}"
 
-    def summary_lines(self, rows, source, skipped):
+    def summary_lines(self, rows, source):
         cfg, paper = self.cfg, self.cfg.paper
         has_paper = any(paper_value(paper, r["run"]) != "—" for r in rows)  # no column of dashes
         table = markdown_table([
@@ -160,9 +153,7 @@ class VolumeRunner(Runner):
             ("HD95 (mm)", "r", lambda r: fmt(r["hd95_mm"], 1, 1)), ("epochs", "r", lambda r: f"{r['epochs']:g}"),
             ("train (per fold) / test cases (all folds)", "r", lambda r: f"{r['n_train']:g} / {r['n_test']}"),
             ("folds", "r", lambda r: r["folds"]), ("initial weights", "l", lambda r: r["weights"])], rows)
-        return [f"# {cfg.name} — profile `{cfg.profile}`", "", f"Data: {source}. {UNITS}.", "", *table, "",
-                f"Dice: mean ± sd (population sd) over {self._spread(rows)}."] + self.skip_note(skipped) + \
-            (["", paper["note"]] if paper.get("note") else [])
+        return [f"Data: {source}. {UNITS}.", "", *table, "", f"Dice: mean ± sd (population sd) over {self._spread(rows)}."]
 
     def _spread(self, rows):
         seeds = self.cfg.sweep.seeds if len(self.cfg.sweep.seeds or []) > 1 else None
