@@ -133,3 +133,17 @@ def test_write_config_records_typed_configs_as_their_mapping(tmp_path):
     write_config(str(tmp_path), cfg, run=cfg.runs[0], fold=0)
     saved = yaml.safe_load(open(tmp_path / "config.yaml"))
     assert saved["evaluation"]["tta"] is None and saved["run"] == {"name": "R3D-18 Kinetics-400", "strategy": "all"}
+
+
+def test_mappings_in_a_config_reach_the_library_as_plain_values(tmp_path):
+    """A frozen config hands TensorFlow-facing code plain lists and dicts: an augmentation or a
+    schedule written as a mapping trains."""
+    from tlunet.runners import run_experiment
+    cfg = config_from_dict({"name": "m", "data": {"kind": "lung_us_phantom", "n": 8, "phantom_size": [32, 32],
+                                                  "image_size": [32, 32], "augment": {"hflip": 0.5, "rotation": 5.0},
+                                                  "split": [0.5, 0.25, 0.25]},
+                            "model": {"name": "unet", "filters": [4, 8]},
+                            "training": {"epochs": 1, "batch_size": 4, "lr_schedule": {"name": "cosine", "warmup_epochs": 0}},
+                            "runs": [{"name": "a"}]}, str(tmp_path / "m.yaml"))
+    rows = run_experiment(cfg, out_dir=str(tmp_path / "out"), log=lambda *a: None)
+    assert rows[0]["epochs"] == 1 and (tmp_path / "out" / "m" / "a" / "done.json").is_file()

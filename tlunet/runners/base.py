@@ -245,7 +245,7 @@ class Runner:
         `datasets()` gives (train, validation, batches for BatchNorm statistics), made after compiling. Its
         history."""
         compile_model(model, loss=plain(training.loss), learning_rate=training.learning_rate,
-                      optimizer=training.optimizer, gradient_accumulation=training.gradient_accumulation)
+                      optimizer=plain(training.optimizer), gradient_accumulation=training.gradient_accumulation)
         train_ds, val_ds, bn_data = datasets()
         return fit(model, train_ds, val_ds, run_dir=os.path.join(self.exp_dir, folder), epochs=training.epochs,
                    verbose=self.verbose, lr_schedule=plain(training.lr_schedule), tensorboard=training.tensorboard,

@@ -18,6 +18,7 @@ from tlunet.runners.base import Runner, is_finite
 from tlunet.runners.config import distribution_scope, resolve_path
 from tlunet.runners.results import (UNITS, finish_run, fmt, markdown_table, mean_text, paper_value,
                                     start_run, summary_row, write_config, write_csv)
+from tlunet.runners.schema import plain
 from tlunet.runners.sections import ImageExperiment
 from tlunet.scoring import evaluate_cases
 from tlunet.training import save_model, weights_digest
@@ -65,7 +66,7 @@ class ImageRunner(Runner):
             with distribution_scope(self.cfg):
                 model = p.model.build((*p.data.image_size, p.data.channels), leave_out=())
                 history = self.fit_source(model, t, lambda: (
-                    make_dataset(images[train_idx], masks[train_idx], t.batch_size, p.data.augment, seed=seed),
+                    make_dataset(images[train_idx], masks[train_idx], t.batch_size, plain(p.data.augment), seed=seed),
                     make_dataset(images[val_idx], masks[val_idx], t.batch_size, shuffle=False),
                     make_dataset(images[train_idx], masks[train_idx], t.batch_size, seed=seed)))
             return model, {"source": source, "images": len(images), "epochs": len(history.get("loss", [])),
@@ -98,7 +99,8 @@ class ImageRunner(Runner):
             bn_data = make_dataset(images[job.train], masks[job.train], t.batch_size, seed=job.seed) \
                 if t.precise_bn else None
             done = self.fit_stages(job, model, lambda: (
-                make_dataset(images[job.train], masks[job.train], t.batch_size, self.cfg.data.augment, seed=job.seed),
+                make_dataset(images[job.train], masks[job.train], t.batch_size, plain(self.cfg.data.augment),
+                             seed=job.seed),
                 make_dataset(images[job.val], masks[job.val], t.batch_size, shuffle=False) if job.val else None),
                 bn_data)
         self.write_history(job, done)

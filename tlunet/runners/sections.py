@@ -58,7 +58,7 @@ class Training(Fitting):
 
     def fit_options(self):
         """The keyword arguments of `tlunet.train.run_stages` this section sets."""
-        return {"loss": plain(self.loss), "optimizer": self.optimizer, "jit_compile": self.jit_compile,
+        return {"loss": plain(self.loss), "optimizer": plain(self.optimizer), "jit_compile": self.jit_compile,
                 "batchnorm": self.batchnorm, "patience": self.patience, "tensorboard": self.tensorboard,
                 "gradient_accumulation": self.gradient_accumulation}
 
@@ -401,6 +401,11 @@ class SegmentationExperiment(Experiment):
     def check_run(self, run):
         """The task's own checks of one run."""
 
+    def post_process(self):
+        """The post-processing its test cases are scored with (`evaluation`)."""
+        e = self.evaluation
+        return PostProcess(threshold=e.threshold, tta=e.tta, largest_component=getattr(e, "largest_component", False))
+
 
 # ---------------------------------------------------------------------------------- task: image
 @dataclasses.dataclass(frozen=True)
@@ -449,11 +454,6 @@ class ImageExperiment(SegmentationExperiment):
         if self.evaluation.ensemble and len(self.sweep.seeds or []) < 2:
             raise refuse(self.path, "evaluation.ensemble averages the models of the sweep's seeds; give two or more in "
                                     f"sweep.seeds (e.g. [0, 1, 2]). Received: sweep.seeds {self.sweep.to_dict()['seeds']!r}")
-
-    def post_process(self):
-        """The post-processing its test cases are scored with."""
-        e = self.evaluation
-        return PostProcess(threshold=e.threshold, tta=e.tta, largest_component=e.largest_component)
 
 
 # ---------------------------------------------------------------------------------- task: volume

@@ -12,7 +12,6 @@ import tlunet
 from tlunet import evaluation as ev
 from tlunet.data import experiment_splits, make_patch_dataset
 from tlunet.data.kinds import load_volumes
-from tlunet.inference import sliding_window_predict
 from tlunet.plots import overlays
 from tlunet.runners.base import Runner
 from tlunet.runners.config import distribution_scope, resolve_path
@@ -25,14 +24,14 @@ from tlunet.training import save_model
 MEASURES = ("dice", "nsd", "hd95_mm")
 
 
-def evaluate_volumes(model, cases, evaluation):
-    """Whole-volume sliding-window predictions; per case Dice, NSD at the tolerance (mm) and HD95 (mm)
-    with the case's spacing. Returns (rows, predicted masks)."""
+def evaluate_volumes(model, cases, evaluation, post):
+    """Whole-volume sliding-window predictions post-processed by `post` (a `PostProcess`); per case
+    Dice, NSD at the tolerance (mm) and HD95 (mm) with the case's spacing. Returns (rows, predicted masks)."""
     rows, preds = [], []
     for c in cases:
-        prob = sliding_window_predict(model, c["image"], overlap=evaluation.overlap, tta=evaluation.tta == "flip",
-                                      batch_size=evaluation.batch_size, progress=f"{c['case']}: windows")[..., 0]
-        pred, true = prob >= evaluation.threshold, c["mask"] > 0
+        prob = post.volume_probabilities(model, c["image"], overlap=evaluation.overlap,
+                                         batch_size=evaluation.batch_size, progress=f"{c['case']}: windows")
+        pred, true = post.labels(prob).astype(bool), c["mask"] > 0
         rows.append({"case": c["case"], "dice": ev.dice(pred, true),
                      "nsd": ev.normalized_surface_dice(pred, true, evaluation.nsd_tolerance_mm, c["spacing"]),
                      "hd95_mm": ev.hd95(pred, true, c["spacing"]), "lesion_voxels": int(true.sum()),
@@ -129,7 +128,7 @@ class VolumeRunner(Runner):
                 patches(cfg.training, cfg.data, val, cfg.seed + 99, False) if val else None), bn_data)
         self.write_history(job, done)
         test_cases = [self.cases[i] for i in job.test]
-        rows, preds = evaluate_volumes(model, test_cases, cfg.evaluation)
+        rows, preds = evaluate_volumes(model, test_cases, cfg.evaluation, cfg.post_process())
         write_csv(os.path.join(run_dir, "metrics.csv"), rows)
         slice_overlays(test_cases, preds, os.path.join(run_dir, "figures", "overlays.png"))
         save_model(model, os.path.join(run_dir, "model.keras"))
