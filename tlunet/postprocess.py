@@ -304,7 +304,7 @@ class PostProcess:
         """
         self.check_model(model)
 
-        def run(x):
+        def serve_images(x):
             original = tf.shape(x)[1:3]
             x = tf.image.resize(x, size, method="bilinear", antialias=True)
             y = tf.cast(model(x, training=False), tf.float32)
@@ -314,7 +314,7 @@ class PostProcess:
             # at the image's own size, after the resize, as `mask_at_size` keeps it
             return keep_largest_region(y, self.threshold) if self.largest_component else y
 
-        return run
+        return serve_images
 
 
 def keep_largest_region(probs, threshold=0.5):
@@ -338,10 +338,11 @@ def keep_largest_region(probs, threshold=0.5):
 
     def run_max(labels, mask):  # each horizontal run of foreground takes its largest label
         start = mask & ~tf.pad(mask[:, :, :-1], [[0, 0], [0, 0], [1, 0]])
-        run = tf.reshape(tf.cumsum(tf.reshape(tf.cast(start, tf.int32), [-1])), tf.shape(mask))
-        run *= tf.cast(mask, tf.int32)
-        top = tf.math.unsorted_segment_max(tf.reshape(labels, [-1]), tf.reshape(run, [-1]), tf.reduce_max(run) + 1)
-        return tf.where(mask, tf.gather(top, run), 0)
+        segment = tf.reshape(tf.cumsum(tf.reshape(tf.cast(start, tf.int32), [-1])), tf.shape(mask))
+        segment *= tf.cast(mask, tf.int32)
+        top = tf.math.unsorted_segment_max(tf.reshape(labels, [-1]), tf.reshape(segment, [-1]),
+                                           tf.reduce_max(segment) + 1)
+        return tf.where(mask, tf.gather(top, segment), 0)
 
     def step(labels, _):
         new = run_max(labels, fg)
