@@ -65,6 +65,17 @@ def _other_layout(root):
     return f"; it has the folders of layout {fits[0]} (--layout {fits[0]})" if fits else ""
 
 
+def files_by_stem(folder):
+    """{stem: path} of the images in `folder`; DataError naming two files with one stem."""
+    out = {}
+    for f in list_files(folder, IMAGE_SUFFIXES):
+        stem = os.path.splitext(f)[0]
+        if stem in out:
+            raise DataError(f"{folder}: two files with stem {stem!r}: {out[stem]} and {f}")
+        out[stem] = os.path.join(folder, f)
+    return out
+
+
 def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classes=None):
     """Images and masks in two folders, matched by file stem (`images/12.jpg` <-> `masks/12.png`).
 
@@ -89,16 +100,8 @@ def find_pairs(root, layout="generic", image_dir=None, mask_dir=None, num_classe
     image_dir, mask_dir = os.path.join(root, image_dir), os.path.join(root, mask_dir)
     num_classes = num_classes or default_classes
 
-    def by_stem(folder):
-        out = {}
-        for f in list_files(folder, IMAGE_SUFFIXES):
-            stem = os.path.splitext(f)[0]
-            if stem in out:
-                raise DataError(f"{folder}: two files with stem {stem!r}: {out[stem]} and {f}")
-            out[stem] = os.path.join(folder, f)
-        return out
 
-    images, masks = by_stem(image_dir), by_stem(mask_dir)
+    images, masks = files_by_stem(image_dir), files_by_stem(mask_dir)
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     no_mask = sorted(set(images) - set(masks))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from tlunet._suggest import did_you_mean
-from tlunet.data.folders import list_files
+from tlunet.data.folders import files_by_stem
 from tlunet.data.io import IMAGE_SUFFIXES, DataError, read_image, upright
 from tlunet.data.pipeline import SegmentationSet
 
@@ -57,17 +57,6 @@ def parse_frame_name(path):
     return m.group("clip"), m.group("subject"), int(m.group("k"))
 
 
-def _by_stem(folder):
-    """{stem: path} of the images in `folder`; DataError naming two files with one stem."""
-    out = {}
-    for f in list_files(folder, IMAGE_SUFFIXES):
-        stem = os.path.splitext(f)[0]
-        if stem in out:
-            raise DataError(f"{folder}: two files with stem {stem!r}: {os.path.basename(out[stem])} and {f}")
-        out[stem] = os.path.join(folder, f)
-    return out
-
-
 def _mask_files(root, frames):
     """{class: {frame name: mask path}} of `root/mask/<class>/<frame>-<class>.<ext>`."""
     found = {}
@@ -76,7 +65,7 @@ def _mask_files(root, frames):
         if cls in OPTIONAL_CLASSES and not os.path.isdir(folder):
             found[cls] = {}
             continue
-        stems = _by_stem(folder)
+        stems = files_by_stem(folder)
         found[cls] = {name: stems[f"{name}-{cls}"] for name in frames if f"{name}-{cls}" in stems}
     return found
 
@@ -94,7 +83,7 @@ def find_lung_us_ribs(root):
         problem = "folder not found" if not os.path.isdir(root) else "no image/ or mask/ folder"
         raise DataError(f"{root}: {problem}; expected the publisher's layout image/<frame>.jpg and "
                         f"mask/{{{','.join(RIB_CLASSES)}}}/<frame>-<class>.jpg")
-    images = _by_stem(image_dir)
+    images = files_by_stem(image_dir)
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     masks = _mask_files(root, images)
