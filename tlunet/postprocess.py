@@ -242,15 +242,6 @@ class PostProcess:
         """
         return predict_images(model, images, batch_size, self.tta)
 
-    def volume_probabilities(self, model, volume, overlap=0.5, batch_size=2, progress=None):
-        """Whole-volume probabilities (D, H, W, K) of `model` on a float volume (D, H, W) in [0, 1], by
-        overlapping windows (`tlunet.inference.sliding_window_predict`); `tta="flip"` averages the
-        volume's prediction with those of its mirrors along every axis."""
-        from tlunet.inference import sliding_window_predict  # it imports this module
-
-        return sliding_window_predict(model, volume, overlap=overlap, tta=self.tta == "flip", batch_size=batch_size,
-                                      progress=progress)
-
     def labels(self, probs):
         """Label maps (N, H, W) of probabilities (N, H, W, K): uint8 `>= threshold` of one channel, the
         argmax of several; with `largest_component` only the largest region of each.

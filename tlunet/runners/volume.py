@@ -12,6 +12,7 @@ import tlunet
 from tlunet import evaluation as ev
 from tlunet.data import experiment_splits, make_patch_dataset
 from tlunet.data.kinds import load_volumes
+from tlunet.inference import sliding_window_predict
 from tlunet.plots import overlays
 from tlunet.runners.base import Runner
 from tlunet.runners.config import distribution_scope, resolve_path
@@ -29,8 +30,9 @@ def evaluate_volumes(model, cases, evaluation, post):
     Dice, NSD at the tolerance (mm) and HD95 (mm) with the case's spacing. Returns (rows, predicted masks)."""
     rows, preds = [], []
     for c in cases:
-        prob = post.volume_probabilities(model, c["image"], overlap=evaluation.overlap,
-                                         batch_size=evaluation.batch_size, progress=f"{c['case']}: windows")
+        # on volumes flip TTA averages the mirrors along every axis (sliding_window_predict's tta)
+        prob = sliding_window_predict(model, c["image"], overlap=evaluation.overlap, tta=post.tta == "flip",
+                                      batch_size=evaluation.batch_size, progress=f"{c['case']}: windows")
         pred, true = post.labels(prob).astype(bool), c["mask"] > 0
         rows.append({"case": c["case"], "dice": ev.dice(pred, true),
                      "nsd": ev.normalized_surface_dice(pred, true, evaluation.nsd_tolerance_mm, c["spacing"]),
