@@ -167,10 +167,6 @@ class Section:
         out = {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "given"}
         return out | plain(self.given)
 
-    def replace(self, **changes):
-        """A copy with `changes` (values frozen as `parse` would)."""
-        return dataclasses.replace(self, **{k: frozen(v) for k, v in changes.items()})
-
 
 def merge(base, over):
     """`base` updated by `over`, recursively for dicts (neither is changed)."""
