@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from tlunet.models.unet import build_hybrid_unet3d, build_unet
+from tlunet.models.unet import build_hybrid_unet, build_unet
 from tlunet.selection import check_selectors, group_of, iter_layers, matches
 
 MATCH_MODES = ("path", "name")
@@ -153,7 +153,7 @@ def build_transfer_model(method, source, *, classes=None, input_shape=None, acti
 
     Args:
         method: one of `TRANSFER_METHODS`.
-        source: a trained `unet3d` (or any plain `build_unet` model).
+        source: a trained plain U-Net (`unet` or `unet3d`; any `build_unet` model).
         classes: target classes; default the source's. "continual" needs the source's.
         input_shape: target input shape; default the source's (the U-Net is fully convolutional).
         activation: head activation of newly built heads.
@@ -171,10 +171,8 @@ def build_transfer_model(method, source, *, classes=None, input_shape=None, acti
         raise ValueError(f"continual learning keeps the source head ({source_classes} classes); for "
                          f"{classes} target classes use method='body'. Received: classes={classes}")
     if method == "hybrid":
-        model = build_hybrid_unet3d(input_shape, classes, activation=activation, **arch) \
-            if len(input_shape) == 4 else None
-        if model is None:
-            raise ValueError(f"the hybrid encoder is built for volumes. Received: input_shape={input_shape}")
+        model = build_hybrid_unet(input_shape, classes, activation=activation,
+                                  name="hybrid_unet3d" if len(input_shape) == 4 else "hybrid_unet", **arch)
         report = transfer_weights(source, model, include=["encoder_source"],
                                   rename=lambda key: f"encoder_source/{key}", strict=True)
         return model, report

@@ -8,7 +8,7 @@ from tlunet.encoders import get_encoder_spec
 from tlunet.models.classifier import seg_to_classifier, segmentation_branch
 from tlunet.models.encoder_unet import build_mobilenetv2_unet, build_vgg16_unet
 from tlunet.models.resnet3d import R3D18_DIVISOR, build_resnet18_3d_unet
-from tlunet.models.unet import UNET3D_FILTERS, UNET_FILTERS, build_hybrid_unet3d, build_unet, build_unet3d, pooling_divisor
+from tlunet.models.unet import UNET3D_FILTERS, UNET_FILTERS, build_hybrid_unet, build_hybrid_unet3d, build_unet, build_unet3d, pooling_divisor
 
 
 @dataclass(frozen=True)
@@ -155,4 +155,4 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
 
 
 __all__ = ["seg_to_classifier", "segmentation_branch", "ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
-           "build_unet", "build_unet3d", "build_hybrid_unet3d", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]
+           "build_unet", "build_unet3d", "build_hybrid_unet", "build_hybrid_unet3d", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]

@@ -78,12 +78,13 @@ def build_unet_encoder(input_shape, filters=UNET3D_FILTERS, batchnorm=True, name
     return keras.Model(inputs, [*skips, x], name=name)
 
 
-def build_hybrid_unet3d(input_shape, classes=1, *, activation="auto", filters=UNET3D_FILTERS, batchnorm=True,
-                        reduction=4):
-    """Wang et al. 2020's hybrid encoder: an `encoder_target` learnt on the target data and an
-    `encoder_source` (initialised from a model pre-trained on the source lesions and adapted while
-    training), merged at every level by a `SelectiveFusion` unit (`encoder_fusion{i}`, attention over the
-    two branches per channel), then the usual decoder and head.
+def build_hybrid_unet(input_shape, classes=1, *, activation="auto", filters=UNET_FILTERS, batchnorm=True,
+                      reduction=4, name="hybrid_unet"):
+    """Wang et al. 2020's hybrid encoder, on images (H, W, C) or volumes (D, H, W, C): an
+    `encoder_target` learnt on the target data and an `encoder_source` (initialised from a model
+    pre-trained on the source lesions and adapted while training), merged at every level by a
+    `SelectiveFusion` unit (`encoder_fusion{i}`, attention over the two branches per channel),
+    then the usual decoder and head.
 
     Use `tlunet.transfer.build_transfer_model("hybrid", source)` to get it with the source weights.
     """
@@ -94,4 +95,14 @@ def build_hybrid_unet3d(input_shape, classes=1, *, activation="auto", filters=UN
     fused = [SelectiveFusion(reduction=reduction, name=f"encoder_fusion{i}")([t, s])
              for i, (t, s) in enumerate(zip(target, source), start=1)]
     outputs = _expanding_path(fused[-1], fused[:-1], filters, spatial_dims, batchnorm, classes, activation)
-    return keras.Model(inputs, outputs, name="hybrid_unet3d")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_hybrid_unet3d(input_shape, classes=1, *, activation="auto", filters=UNET3D_FILTERS, batchnorm=True,
+                        reduction=4):
+    """`build_hybrid_unet` on (D, H, W, C) volumes with nnU-Net's 3D widths: the model of Wang et al.
+    2020's paper."""
+    if len(input_shape) != 4:
+        raise ValueError(f"hybrid_unet3d takes (D, H, W, C) volumes. Received: input_shape={input_shape}")
+    return build_hybrid_unet(input_shape, classes, activation=activation, filters=filters, batchnorm=batchnorm,
+                             reduction=reduction, name="hybrid_unet3d")

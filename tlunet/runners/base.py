@@ -26,6 +26,7 @@ from tlunet.resources import ConfigError
 from tlunet.plots import learning_curves
 from tlunet.progress import EpochProgress
 from tlunet.runners.config import check_split_sizes, skip_message
+from tlunet.transfer import build_transfer_model
 from tlunet.runners.results import (aggregate_folds, cached_source, finish_run, mean_sd, merged_history,
                                     open_experiment, read_done, start_run, write_config, write_csv, write_tables)
 from tlunet.runners.schema import plain
@@ -175,8 +176,11 @@ class Runner:
         run_dir = os.path.join(self.exp_dir, job.name)
         row = read_done(run_dir, self.cfg, job.spec, self.CONFIG.defaults())
         if row is not None:
-            self.log(f"{job.name}: done earlier, skipped")
-            return row
+            missing = [m for m in self.MEASURES if m not in row]
+            self.log(f"{job.name}: done earlier, skipped" + (
+                f"; made by an older tlunet, it has no {', '.join(missing)} (shown as nan: delete {run_dir} to "
+                "rerun it)" if missing else ""))
+            return {**{m: float("nan") for m in missing}, **row}
         row = self.train_and_evaluate(job)
         self.log(f"{job.name}: {self.row_text(row)}, {time.time() - start:.0f}s"
                  + (f", weights sha1 {row['weights_sha1']}" if "weights_sha1" in row else ""))
@@ -239,6 +243,14 @@ class Runner:
                                     defaults={k: v for k, v in self.CONFIG.defaults().items() if k in keys})
         self.log(describe(model, info))
         return model
+
+    def transfer_model(self, job, input_shape, classes):
+        """The job's model built by its `transfer` method from the source model (Wang et al. 2020's
+        methods, `tlunet.build_transfer_model`), and the note saying which weights it starts from."""
+        method = job.spec.get("transfer")
+        model, report = build_transfer_model(method, self.source_model, classes=classes, input_shape=input_shape)
+        return model, (f"{method}: {len(report.copied)} layers from the source model" if method != "scratch"
+                       else "scratch: random init")
 
     def fit_source(self, model, training, datasets, label="source (pre-training)", folder="pretrain"):
         """Compiles and fits a source model in `exp_dir/folder` with `training` (a Training section);

@@ -56,12 +56,16 @@ class ImageRunner(Runner):
                 f"{total} training run{'s' * (total > 1)}")
 
     def pretrain(self):
-        """The source model of `init: pretrain` runs (e.g. X-Unet on grey salient-object images), trained once."""
+        """The source model of `init: pretrain` and `transfer` runs (e.g. X-Unet on grey salient-object
+        images, a U-Net on lung-tumour patches), trained once."""
         p = self.cfg.pretrain
 
         def train():
             images, masks, _, groups, source = load_images(self.cfg, p.data)
             train_idx, val_idx = split_indices(len(images), (0.9, 0.1), seed=self.cfg.seed, groups=groups)
+            if not len(val_idx):  # e.g. patches grouped by their two files: the watched 10% is drawn by image
+                train_idx, val_idx = split_indices(len(images), (0.9, 0.1), seed=self.cfg.seed)
+                source += f"; validation: 10% of the images, as its {len(set(groups))} groups are too few to hold one out"
             t, seed = p.training, self.cfg.seed
             with distribution_scope(self.cfg):
                 model = p.model.build((*p.data.image_size, p.data.channels), leave_out=())
@@ -79,8 +83,10 @@ class ImageRunner(Runner):
 
     def build(self, job):
         """The job's model, and the note saying which weights it starts from."""
-        model = job.spec.model(self.cfg.model).build((*self.cfg.data.image_size, self.cfg.data.channels),
-                                                      encoder_weights=job.weights)
+        shape, model_block = (*self.cfg.data.image_size, self.cfg.data.channels), job.spec.model(self.cfg.model)
+        if job.spec.get("transfer") is not None:
+            return self.transfer_model(job, shape, model_block.classes)
+        model = model_block.build(shape, encoder_weights=job.weights)
         if job.spec.get("init") != "pretrain":
             return model, job.weights_note
         report = transfer_weights(self.source_model, model)

@@ -383,7 +383,7 @@ def check_not_frozen_random(cfg, run):
 class SegmentationExperiment(Experiment):
     """The base of the segmentation tasks' configs: models trained through stages of fine-tuning
     strategies, perhaps from a source model (`pretrain`)."""
-    RUN_KEYS = frozenset({"name", "strategy", "stages", "model"})
+    RUN_KEYS = frozenset({"name", "strategy", "stages", "model", "transfer"})  # transfer: Wang 2020's methods
     model: Model = None
     training: Training = None
     pretrain: Pretrain = None
@@ -395,8 +395,18 @@ class SegmentationExperiment(Experiment):
         for run in self.runs:
             check_model(run.model(self.model).to_dict(), self.path, f"run {run.name!r} model")
             check_stages(self, run)
+            self.check_transfer(run)
             self.check_run(run)
             check_not_frozen_random(self, run)
+
+    def check_transfer(self, run):
+        """A run's `transfer` names one of Wang et al. 2020's methods, and any but scratch has a source."""
+        method = run.get("transfer")
+        if method is not None and method not in TRANSFER_METHODS:
+            raise refuse(self.path, f"run {run.name!r}: transfer {method!r} is not one of {sorted(TRANSFER_METHODS)}")
+        if method not in (None, "scratch") and self.pretrain is None:
+            raise refuse(self.path, f"run {run.name!r} uses transfer {method!r} but there is no `pretrain` block "
+                                    "(the source task)")
 
     def check_run(self, run):
         """The task's own checks of one run."""
@@ -448,6 +458,9 @@ class ImageExperiment(SegmentationExperiment):
                                     f"{run.name!r} has model.classes {run.model(self.model).classes!r}")
         if run.get("init") == "pretrain" and self.pretrain is None:
             raise refuse(self.path, f"run {run.name!r} has init: pretrain but no `pretrain` block")
+        if run.get("init") == "pretrain" and run.get("transfer") is not None:
+            raise refuse(self.path, f"run {run.name!r} gives both init: pretrain and transfer: "
+                                    f"{run.get('transfer')}; `transfer` already says how the source is used")
 
     def validate(self):
         super().validate()
@@ -497,23 +510,13 @@ class VolumeExperiment(SegmentationExperiment):
     """A `task: volume` config (3D segmentation): Bressem et al. 2021, Wang et al. 2020."""
     TASK = "volume"
     MODEL = {"name": "unet3d", "classes": 1}
-    RUN_KEYS = SegmentationExperiment.RUN_KEYS | {"transfer"}  # Wang 2020's ways to start from the source
     data: VolumeData = None
     training: VolumeTraining = None
     evaluation: VolumeEvaluation = None
     sweep: VolumeSweep = None
 
-    def check_run(self, run):
-        method = run.get("transfer")
-        if method is not None and method not in TRANSFER_METHODS:
-            raise refuse(self.path, f"run {run.name!r}: transfer {method!r} is not one of {sorted(TRANSFER_METHODS)}")
-        if method not in (None, "scratch") and self.pretrain is None:
-            raise refuse(self.path, f"run {run.name!r} uses transfer {method!r} but there is no `pretrain` block "
-                                    "(the source task)")
-
 
 # -------------------------------------------------------------------------- task: classification
-LINE_NAMES = {1: "pleural", 2: "a_line", 3: "b_line"}  # the line-segmentation sources' classes
 INITS = ("dense", "sparse", "random")
 
 

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 
-import tlunet
 from tlunet import evaluation as ev
 from tlunet.data import experiment_splits, make_patch_dataset
 from tlunet.data.kinds import load_volumes
@@ -110,10 +109,7 @@ class VolumeRunner(Runner):
         shape, method, model_block = (*self.cfg.data.patch_size, 1), job.spec.get("transfer"), job.spec.model(self.cfg.model)
         if method is None:
             return model_block.build(shape, encoder_weights=job.weights), job.weights_note
-        model, report = tlunet.build_transfer_model(method, self.source_model, classes=model_block.classes,
-                                                    input_shape=shape)
-        return model, (f"{method}: {len(report.copied)} layers from the source model" if method != "scratch"
-                       else "scratch: random init")
+        return self.transfer_model(job, shape, model_block.classes)
 
     def train_and_evaluate(self, job):
         cfg, run_dir = self.cfg, os.path.join(self.exp_dir, job.name)
