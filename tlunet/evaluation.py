@@ -333,8 +333,9 @@ def _binary_auc(scores, positive):
 
 
 def classification_metrics(y_true, probs, class_names=None):
-    """Accuracy, per-class precision/recall/F1/support, macro F1, one-vs-rest macro AUC and the
-    confusion matrix (rows: true class, columns: predicted).
+    """Accuracy, balanced accuracy (the mean of the classes' recalls), per-class
+    precision/recall/F1/support, macro F1, one-vs-rest macro AUC and the confusion matrix (rows:
+    true class, columns: predicted).
 
     Args:
         y_true: (N,) integer labels.
@@ -372,5 +373,20 @@ def classification_metrics(y_true, probs, class_names=None):
     valid = [a for a in aucs if np.isfinite(a)]
     return {"accuracy": float(np.mean(pred == y_true)) if len(y_true) else float("nan"),
             "macro_f1": float(np.nanmean([c["f1"] for c in per_class.values()])) if len(y_true) else float("nan"),
+            "balanced_accuracy": float(np.nanmean([c["recall"] for c in per_class.values()])) if len(y_true)
+            else float("nan"),
             "macro_auc": float(np.mean(valid)) if valid else float("nan"),
             "per_class": per_class, "confusion": cm.tolist(), "class_names": names}
+
+
+def majority_vote(probs, groups):
+    """{group: predicted class} of frames' class probabilities `probs` (N, K) grouped by `groups`:
+    the class most of the group's frames predict, ties broken by the higher mean probability."""
+    probs, groups = np.asarray(probs, dtype=np.float64), list(groups)
+    votes = {}
+    for group in dict.fromkeys(groups):
+        p = probs[[i for i, g in enumerate(groups) if g == group]]
+        counts = np.bincount(p.argmax(axis=1), minlength=p.shape[1])
+        tied = np.flatnonzero(counts == counts.max())
+        votes[group] = int(tied[np.argmax(p.mean(axis=0)[tied])])
+    return votes

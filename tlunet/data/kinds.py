@@ -8,7 +8,7 @@ A kind is a loader for one task's data:
 | `image` | (SegmentationSet, groups (one per case: its subject, clip or video), description) |
 | `volume` | ([{case, image (D, H, W) float32 in [0, 1], mask uint8, spacing}], description) |
 | `frames` | (frames, labels, groups, description), the classes named by the config's `classes` |
-| `lines` | (images, masks, description): line-label segmentation sources, `dense` or `sparse` labels |
+| `lines` | a `LineSet`: line-label segmentation sources at `image_size`, `dense` or `sparse` labels |
 
 A loader is called as `load(block, root=..., seed=..., **task_arguments)`: `block` is the config's
 data mapping as written, `root` its `root` resolved to a path (or None, or `download`).
@@ -24,7 +24,7 @@ from tlunet.data.download import download_hc18
 from tlunet.data.folders import find_class_folders, find_pairs, frames_by_group
 from tlunet.data.hc18 import hc18_set
 from tlunet.data.io import DataError, image_channels, read_image, read_mask
-from tlunet.data.lines import convert_labels
+from tlunet.data.lines import PHANTOM_CLASSES, convert_labels
 from tlunet.data.lung_us import lung_us_groups, lung_us_ribs_set
 from tlunet.data.nifti import find_nifti_pairs, hu_window, load_nifti
 from tlunet.data.patches import hdf5_patch_set
@@ -241,9 +241,27 @@ def load_frames(block, root, seed, classes):
 
 
 # ------------------------------------------------------------------------------ lines (segmentation sources)
+@dataclasses.dataclass(frozen=True)
+class LineSet:
+    """A line-label segmentation set: uint8 images (N, H, W, 1) and label maps (N, H, W) at the
+    block's `image_size`, with labels of the kind asked for (`dense` or `sparse`), one group per
+    frame (splits keep a group on one side), the class names of labels 1.., and a description."""
+    images: np.ndarray
+    masks: np.ndarray
+    groups: list
+    class_names: tuple
+    description: str
+
+
+def _at_size(images, masks, size):
+    """uint8 images (N, H, W, 1) and masks (N, H, W) resized to `size` (bilinear, nearest)."""
+    pairs = [resize_pair(i, m, tuple(size)) for i, m in zip(images, masks)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
 @register_data_kind("lung_us_lines", "lines", keys=("n", "phantom_size"))
 def _lines_phantom(block, root, seed, label_kind):
-    """SYNTHETIC lung-ultrasound frames with pleural, A- and B-line labels."""
+    """SYNTHETIC lung-ultrasound frames with pleural, A- and B-line labels; one group per frame."""
     rng = np.random.default_rng(seed + 7)
     images, masks = [], []
     for _ in range(block["n"]):
@@ -252,25 +270,57 @@ def _lines_phantom(block, root, seed, label_kind):
                             seed=int(rng.integers(1 << 30)))
         images.append(f["image"][..., None])
         masks.append(f[label_kind])
-    return images, masks, f"synthetic lung-US frames with {label_kind} line labels ({len(images)})"
+    images, masks = _at_size(images, masks, block["image_size"])
+    return LineSet(images, masks, list(range(len(images))), PHANTOM_CLASSES,
+                   f"synthetic lung-US frames with {label_kind} line labels ({len(images)})")
 
 
 @register_data_kind("pairs", "lines", keys=("layout", "labels"), reads_folder=True)
 def _lines_pairs(block, root, seed, label_kind):
-    """Image and label folders; labels dense unless `labels: sparse`, the other kind made by
-    `tlunet.data.lines`."""
+    """Image and label folders (0 background, 1 pleural line, 2 A-line, 3 B-line); labels dense
+    unless `labels: sparse`, the other kind made by `tlunet.data.lines`; one group per frame."""
     data = find_pairs(root, block.get("layout", "generic"), num_classes=4)
     images, masks = [], []
     for image_path, mask_path in zip(data.images, data.masks):
         images.append(read_image(image_path, channels=1))
         mask = read_mask(mask_path, binary=False, num_classes=4)
         masks.append(mask if block.get("labels", "dense") == label_kind else convert_labels(mask, label_kind))
-    return images, masks, f"{root} ({len(images)} frames, {label_kind} labels)"
+    images, masks = _at_size(images, masks, block["image_size"])
+    return LineSet(images, masks, list(range(len(images))), PHANTOM_CLASSES,
+                   f"{root} ({len(images)} frames, {label_kind} labels)")
+
+
+RIB_LINE_CLASSES = ("pleural_line", "rib_line", "rib_shadow")  # labels 1-3: two horizontal lines, one vertical band
+
+
+@register_data_kind("lung_us_ribs", "lines", keys=("classes", "group"), reads_folder=True)
+def _lines_lung_us_ribs(block, root, seed, label_kind):
+    """Real lung-ultrasound frames with hand-painted pleural-line, rib-line and rib-shadow regions;
+    grouped by clip.
+
+    Dense labels are the publisher's painted regions. Sparse labels trace each one with a 1-pixel
+    curve, made after resizing to `image_size` so that no line is lost to the resize: the pleural
+    and rib lines by their middle row, a rib shadow by its middle column (`tlunet.data.lines`).
+    `classes`: the structures to label, 1.. in order (default pleural_line, rib_line, rib_shadow).
+    """
+    classes = tuple(block.get("classes") or RIB_LINE_CLASSES)
+    data = lung_us_ribs_set(root, list(classes))
+    groups = lung_us_groups(data.meta, block.get("group", "clip"))
+    images = [read_image(path, channels=1) for path in data.images]
+    images, masks = _at_size(images, [data.read_mask(key) for key in data.masks], block["image_size"])
+    if label_kind == "sparse":
+        masks = np.stack([convert_labels(m, "sparse", classes) for m in masks])
+    return LineSet(images, masks, groups, classes,
+                   f"lung-US ribs ({root}: {len(images)} frames of {len(set(groups))} clips, {label_kind} "
+                   f"{'+'.join(classes)} labels)")
 
 
 def load_line_set(block, root, seed, label_kind):
-    """(images, masks, description) of a line-label data block (`label_kind` dense or sparse), cut to
-    its first `limit` frames."""
-    images, masks, desc = data_kind(block["kind"], "lines").load(block, root=root, seed=seed, label_kind=label_kind)
+    """The `LineSet` of a line-label data block (`label_kind` dense or sparse), cut to its first
+    `limit` frames."""
+    lines = data_kind(block["kind"], "lines").load(block, root=root, seed=seed, label_kind=label_kind)
     limit = block.get("limit")
-    return (images[:limit], masks[:limit], desc) if limit else (images, masks, desc)
+    if not limit:
+        return lines
+    return dataclasses.replace(lines, images=lines.images[:limit], masks=lines.masks[:limit],
+                               groups=lines.groups[:limit])

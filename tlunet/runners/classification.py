@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from tlunet import evaluation as ev
-from tlunet.data import make_classification_dataset, make_dataset, resize_pair, split_indices, stratified_split
+from tlunet.data import make_classification_dataset, make_dataset, split_indices, stratified_split
 from tlunet.data.kinds import load_frames, load_line_set
 from tlunet.explain import explain_figure
 from tlunet.finetune import trainable_params
@@ -26,12 +26,15 @@ from tlunet.runners.base import Runner
 from tlunet.runners.config import resolve_path
 from tlunet.runners.results import cached_source, finish_run, fmt, markdown_table, mean_text, start_run, write_config, write_csv
 from tlunet.runners.schema import plain
-from tlunet.runners.sections import LINE_NAMES, ClassificationExperiment, SegmentationSource
+from tlunet.runners.sections import ClassificationExperiment, SegmentationSource
 from tlunet.training import compile_model, fit, save_model
 
-def _resized(images, masks, size):
-    pairs = [resize_pair(i, m, tuple(size)) for i, m in zip(images, masks)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+def per_class_dice(pred, masks, class_names):
+    """{class name: mean Dice over the frames where the class is in the mask or the prediction}
+    of label maps `pred` and `masks` (labels 1.. are `class_names`); NaN for a class in neither."""
+    return {name: float(np.nanmean([ev.dice(p == c, m == c) for p, m in zip(pred, masks)
+                                    if (m == c).any() or (p == c).any()] or [float("nan")]))
+            for c, name in enumerate(class_names, start=1)}
 
 
 class ClassificationRunner(Runner):
@@ -40,7 +43,8 @@ class ClassificationRunner(Runner):
 
     @property
     def MEASURES(self):  # noqa: N802  (the base class's name)
-        return ("accuracy", "macro_f1", "macro_auc", "video_accuracy", *(f"f1_{n}" for n in self.cfg.classes))
+        return ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "video_accuracy",
+                *(f"recall_{n}" for n in self.cfg.classes), *(f"f1_{n}" for n in self.cfg.classes))
 
     def data_blocks(self):
         return {"data": self.cfg.data.to_block(), "segmentation.data": self.cfg.segmentation.data.to_block()}
@@ -76,16 +80,16 @@ class ClassificationRunner(Runner):
 
     def train_segmentation(self, kind):
         """The line-segmentation model for `kind` ("dense"/"sparse"), trained once and reused; (model,
-        per-class validation Dice)."""
+        info: source, class names, per-class validation Dice)."""
         s, seed = self.cfg.segmentation, self.cfg.seed
         run_dir = os.path.join(self.exp_dir, f"segmentation_{kind}")
 
         def train():
-            images, masks, desc = load_line_set(s.data.to_block(), resolve_path(self.cfg, s.data.get("root")), seed, kind)
-            images, masks = _resized(images, masks, s.data.image_size)
-            train_idx, val_idx = split_indices(len(images), (0.85, 0.15), seed=seed)
+            lines = self.line_set(kind)
+            images, masks = lines.images, lines.masks
+            train_idx, val_idx = split_indices(len(images), (0.85, 0.15), seed=seed, groups=lines.groups)
             keras.utils.set_random_seed(seed)
-            model = s.model.build((*s.data.image_size, 1), leave_out=(), classes=4)
+            model = s.model.build((*s.data.image_size, 1), leave_out=(), classes=len(lines.class_names) + 1)
             t = s.training
             compile_model(model, loss=plain(t.loss), learning_rate=t.learning_rate)
             fit(model, make_dataset(images[train_idx], masks[train_idx], t.batch_size, plain(t.augment), seed=seed),
@@ -93,16 +97,25 @@ class ClassificationRunner(Runner):
                 epochs=t.epochs, verbose=self.verbose, lr_schedule=plain(t.lr_schedule), patience=t.patience,
                 tensorboard=t.tensorboard, callbacks=[self.progress(f"{kind}-label segmentation", t.epochs)])
             pred = np.argmax(model.predict(images[val_idx].astype(np.float32) / 255, verbose=0), axis=-1)
-            val_dice = {name: float(np.nanmean([ev.dice(p == c, m == c) for p, m in zip(pred, masks[val_idx])
-                                                 if (m == c).any() or (p == c).any()] or [float("nan")]))
-                        for c, name in LINE_NAMES.items()}
-            return model, {"source": desc, "val_dice": val_dice}
+            return model, {"source": lines.description, "classes": list(lines.class_names),
+                           "val_dice": per_class_dice(pred, masks[val_idx], lines.class_names)}
 
         model, info = cached_source(run_dir, train, settings={"seed": seed, "kind": kind, **s.to_dict()},
                                     defaults=SegmentationSource.default_dict())
         self.log(f"{kind}-label segmentation on {info['source']}: val Dice "
                  + ", ".join(f"{k} {v:.3f}" for k, v in info["val_dice"].items()))
-        return model, info["val_dice"]
+        return model, info
+
+    def line_set(self, kind):
+        """The segmentation sources' frames with `kind` labels (`tlunet.data.kinds.load_line_set`)."""
+        s = self.cfg.segmentation
+        return load_line_set(s.data.to_block(), resolve_path(self.cfg, s.data.get("root")), self.cfg.seed, kind)
+
+    def line_classes(self):
+        """The number of labels of the segmentation sources' output (background included)."""
+        if self.sources:
+            return next(iter(self.sources.values()))[0].output_shape[-1]
+        return len(self.line_set("dense").class_names) + 1  # random-init runs only: the sources' shape, untrained
 
     def progress(self, label, epochs):
         return EpochProgress(label, epochs, disable=bool(self.verbose))
@@ -113,9 +126,10 @@ class ClassificationRunner(Runner):
         init, names = job.spec.get("init"), self.cfg.classes
         if init == "random":
             s = self.cfg.segmentation
-            source, seg_dice = s.model.build((*self.cfg.data.image_size, 1), leave_out=(), classes=4), {}
+            source, seg_dice = s.model.build((*self.cfg.data.image_size, 1), leave_out=(),
+                                             classes=self.line_classes()), {}
         else:
-            source, seg_dice = self.sources[init]
+            source, seg_dice = self.sources[init][0], self.sources[init][1]["val_dice"]
         c = self.cfg.classifier
         model = seg_to_classifier(source, len(names), inputs=c.inputs, hidden=c.hidden, dropout=c.dropout,
                                   weights="random" if init == "random" else "keep")
@@ -144,23 +158,23 @@ class ClassificationRunner(Runner):
         row = {"run": job.spec.name, "init": init, "stages": "all", "trainable_params": trainable_params(model),
                "weights": "random init" if init == "random" else f"{init}-label segmentation model",
                "seg_val_dice": float(np.nanmean(list(seg_dice.values()))) if seg_dice else float("nan"),
-               "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "macro_auc": m["macro_auc"],
-               "video_accuracy": m["video_accuracy"], "epochs": len(history.get("loss", [])),
-               "n_test_frames": len(job.test), "n_test_videos": m["n_test_videos"],
+               **{key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "video_accuracy")},
+               "epochs": len(history.get("loss", [])), "n_test_frames": len(job.test),
+               "n_test_videos": m["n_test_videos"], **{f"recall_{n}": m["per_class"][n]["recall"] for n in names},
                **{f"f1_{n}": m["per_class"][n]["f1"] for n in names}, **job.seed_field}
         finish_run(run_dir, row, job.name)
         return row
 
     def test(self, model, job, run_dir):
-        """Frame and video (majority of the mean probability) measures on the test frames; metrics.json,
+        """Frame and video (majority vote of its frames) measures on the test frames; metrics.json,
         predictions.csv and the figures. The measures."""
         test, names, groups, labels = job.test, list(self.cfg.classes), self.groups, self.labels
         probs = model.predict(self.test_images, batch_size=self.cfg.training.batch_size, verbose=0)
         m = ev.classification_metrics(labels[test], probs, names)
-        videos = sorted({groups[i] for i in test})
-        video_probs = np.stack([probs[[j for j, i in enumerate(test) if groups[i] == v]].mean(axis=0) for v in videos])
-        video_labels = np.array([labels[[i for i in test if groups[i] == v][0]] for v in videos])
-        m["video_accuracy"] = float(np.mean(video_probs.argmax(axis=1) == video_labels))
+        votes = ev.majority_vote(probs, [groups[i] for i in test])
+        truth = {groups[i]: labels[i] for i in test}
+        videos = sorted(votes)
+        m["video_accuracy"] = float(np.mean([votes[v] == truth[v] for v in videos]))
         with open(os.path.join(run_dir, "metrics.json"), "w") as f:
             json.dump(m, f, indent=1)
         write_csv(os.path.join(run_dir, "predictions.csv"),
@@ -177,7 +191,8 @@ class ClassificationRunner(Runner):
         return m | {"n_test_videos": len(videos)}
 
     def row_text(self, row):
-        return f"accuracy {row['accuracy']:.3f}, macro F1 {row['macro_f1']:.3f}, macro AUC {row['macro_auc']:.3f}"
+        return (f"accuracy {row['accuracy']:.3f}, balanced {row['balanced_accuracy']:.3f}, macro AUC "
+                f"{row['macro_auc']:.3f}, video accuracy {row['video_accuracy']:.3f}")
 
     def summary_lines(self, rows, source):
         names, seeds = self.cfg.classes, self.cfg.sweep.seeds
@@ -186,8 +201,9 @@ class ClassificationRunner(Runner):
             ("run", "l", lambda r: r["run"]), ("initialised from", "l", lambda r: r["init"]),
             ("seg. val Dice", "r", lambda r: fmt(r["seg_val_dice"])),
             ("trainable params", "r", lambda r: f"{r['trainable_params']:,}"), ("accuracy", "r", measure("accuracy")),
-            ("macro F1", "r", measure("macro_f1")), ("macro AUC", "r", measure("macro_auc")),
-            *((f"F1 {n}", "r", measure(f"f1_{n}")) for n in names), ("video accuracy", "r", measure("video_accuracy")),
+            ("balanced acc.", "r", measure("balanced_accuracy")), ("macro F1", "r", measure("macro_f1")),
+            ("macro AUC", "r", measure("macro_auc")), *((f"recall {n}", "r", measure(f"recall_{n}")) for n in names),
+            ("video acc. (majority)", "r", measure("video_accuracy")),
             ("epochs", "r", lambda r: f"{r['epochs']:g}"),
             ("test frames / videos", "r", lambda r: f"{r['n_test_frames']} / {r['n_test_videos']}")], rows)
         lines = [f"Data: {source}.", "", *table]
