@@ -10,7 +10,7 @@ import tlunet
 import tlunet_cli
 from tlunet_cli import MODEL_COLUMNS, print_table
 from tlunet._quiet import quiet_tensorflow
-from tlunet.export import (EXPORT_FORMATS, check_export, export_model, export_shape, format_for_path,
+from tlunet.export import (EXPORT_FORMATS, check_export, export_model, export_shape, format_for_path, is_classifier,
                            quantization_report, read_images)
 from tlunet.finetune import PRESET_SETS, strategy_report, trainable_params
 from tlunet.postprocess import BadModelOutput, PostProcess, check_probabilities, read_run_config, run_config_path
@@ -345,14 +345,16 @@ def _cmd_export(args):
     flags = {"tta": None if args.tta in (None, "none") else args.tta, "largest_component": args.largest_component}
     check_export(fmt, args.output, {"quantize": args.quantize, "representative_data": args.representative,
                                     "validation_data": args.validation_data, **flags}, cli=True)
-    post, source = _post_process(args)
-    if not EXPORT_FORMATS[fmt].options >= {"tta", "largest_component"}:
-        _note_bare_model(EXPORT_FORMATS[fmt].label, post, source)
     model = _load_model(args.model)
     bad = [w.path for w in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(w)))]
     if bad:  # a diverged run's weights: the deployed model would answer NaN
         raise ValueError(f"{args.model}: {len(bad)} weight(s) hold NaN or infinite values ({bad[0]}, ...); it would "
                          "output NaN: retrain it (a lower learning rate)")
+    if is_classifier(model):  # a classification run's config.yaml has classes, and no evaluation settings
+        return _export_classifier(args, model, fmt)
+    post, source = _post_process(args)
+    if not EXPORT_FORMATS[fmt].options >= {"tta", "largest_component"}:
+        _note_bare_model(EXPORT_FORMATS[fmt].label, post, source)
     if fmt == "savedmodel":
         return _export_savedmodel(args, model, post, source)
     return _export_file(args, model, fmt)
@@ -371,6 +373,15 @@ def _note_bare_model(label, post, source):
               "predict as the run was evaluated).")
 
 
+# what every SavedModel's serve takes beyond its size and channels (`tlunet.export.export_savedmodel`)
+_SERVE_DTYPES = ("Other dtypes are refused (cast float64 to float32). The serving_default signature is uint8 only "
+                 "and converts NumPy floats without a word: give it uint8, or use serve_float.")
+
+
+def _serve_channels(model):
+    return 'grey or RGB (RGB read as grey)' if model.input_shape[-1] == 1 else 'RGB or grey (grey repeated)'
+
+
 def _export_savedmodel(args, model, post, source):
     """`tlunet export` to a SavedModel, with the run's post-processing built into `serve`."""
     path = export_model(model, args.output, format="savedmodel", size=args.size, **post.to_dict())
@@ -383,15 +394,56 @@ def _export_savedmodel(args, model, post, source):
                      f"0; from {source['largest_component']}; --no-largest-component to keep every region)")
     built = f" serve {' and '.join(built)}." if built else ""
     print(f"SavedModel written to {path}.{built} Endpoints: serve = uint8 0-255 or float32 in [0, 1] images of any size, "
-          f"{'grey or RGB (RGB read as grey)' if model.input_shape[-1] == 1 else 'RGB or grey (grey repeated)'} "
-          "-> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at "
-          "the model's own size. Other dtypes are refused (cast float64 to float32). The serving_default "
-          "signature is uint8 only and converts NumPy floats without a word: give it uint8, or use serve_float.")
+          f"{_serve_channels(model)} -> probabilities at that size; serve_float = float32 in [0, 1] only; serve_model "
+          f"= float32 in [0, 1] at the model's own size. {_SERVE_DTYPES}")
     return 0
 
 
-def _export_file(args, model, fmt):
-    """`tlunet export` to a LiteRT or ONNX file, optionally int8 and checked against validation data."""
+def _export_classifier(args, model, fmt):
+    """`tlunet export` of a classifier (output (N, K) class probabilities, a classification run's
+    model.keras): its class names from the run's config.yaml, no segmentation post-processing."""
+    classes = model.output_shape[-1]
+    given = [flag for flag, on in (("--tta flip", args.tta == "flip"), ("--largest-component", args.largest_component),
+                                   ("--threshold", args.threshold is not None), ("--validation-data",
+                                                                                   args.validation_data)) if on]
+    if given:  # each post-processes or scores a segmentation model's probability maps
+        raise ValueError(f"{given[0]} is for segmentation models (probability maps, masks); {args.model} is a "
+                         f"classifier (output (N, {classes}) class probabilities): drop {given[0]}")
+    names, origin = _run_class_names(args.model, classes)
+    columns = f"class probabilities (N, {classes}), columns {', '.join(names)} ({origin})"
+    if fmt != "savedmodel":
+        return _export_file(args, model, fmt, output=f"float32 {columns}")
+    path = export_model(model, args.output, format="savedmodel", size=args.size, class_names=names)
+    h, w = args.size or model.input_shape[1:3]
+    print(f"SavedModel written to {path}. Endpoints: serve = uint8 0-255 or float32 in [0, 1] images (N, H, W, C) of "
+          f"any size, {_serve_channels(model)}, resized to {h}x{w} -> float32 {columns}; class_names = those names; "
+          f"serve_float = float32 in [0, 1] only; serve_model = float32 in [0, 1] at {h}x{w}. {_SERVE_DTYPES}")
+    return 0
+
+
+def _run_class_names(model_path, classes):
+    """(class names, where they come from) of a classifier with `classes` outputs: the `classes` of
+    the run's config.yaml beside `model_path`, else "0", ..., "K-1". ValueError naming the file for
+    a config whose `classes` is not a list of `classes` names."""
+    config = run_config_path(model_path)
+    numbered = [str(i) for i in range(classes)]
+    saved = read_run_config(model_path, f"fix it, or move it away to export with classes named 0..{classes - 1}")
+    names = saved.get("classes") if isinstance(saved, dict) else None
+    if names is None:
+        why = "no config.yaml beside the model" if saved is None else f"{config} lists no classes"
+        return numbered, f"numbered: {why}"
+    if not isinstance(names, list):
+        raise ValueError(f"{config}: `classes` must list the {classes} class names of {model_path}. "
+                         f"Received: {names!r}")
+    if len(names) != classes:
+        raise ValueError(f"{config} has {len(names)} classes but {model_path} outputs {classes} class probabilities: "
+                         "is it the config.yaml of the run that trained this model?")
+    return [str(name) for name in names], f"from {config}"
+
+
+def _export_file(args, model, fmt, output="float32 probabilities at that size"):
+    """`tlunet export` to a LiteRT or ONNX file, optionally int8 and checked against validation data;
+    `output` describes the file's output in the printed line."""
     from tlunet.data import find_pairs, load_arrays
 
     shape, channels = export_shape(model, args.size)  # checked before any image is read
@@ -411,7 +463,7 @@ def _export_file(args, model, fmt):
     dims = ", ".join(map(str, (*shape, channels)))
     print(f"{kind} model written to {path} ({os.path.getsize(path) / 1e6:.1f} MB). Input \"images\": float32 "
           f"(N, {dims}) in [0, 1] (resize to {'x'.join(map(str, shape))} and divide uint8 by 255 first); output: "
-          "float32 probabilities at that size.")
+          f"{output}.")
     if validation is not None:
         print(quantization_report(model, path, *validation))
     return 0

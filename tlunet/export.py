@@ -1,10 +1,12 @@
 """Export for deployment.
 
 - SavedModel (`export_savedmodel`): images of any size in (uint8 0-255 or float32 in [0, 1]),
-  probabilities at that size out.
+  probabilities at that size out; for a classifier (`is_classifier`), (N, K) class probabilities
+  out and its class names from a `class_names()` endpoint.
 - LiteRT, formerly TFLite (`export_model(..., format="litert")`), optionally int8-quantised, and
   ONNX (`format="onnx"`): float32 images in [0, 1] at the model's fixed input size in, float32
-  probabilities out — for phones, ultrasound carts and runtimes without TensorFlow. `load_litert`
+  probabilities (a classifier's: (N, K)) out — for phones, ultrasound carts and runtimes without
+  TensorFlow. `load_litert`
   runs a `.tflite` file; `quantization_report` measures what int8 costs in Dice.
 
 The formats are one table, `EXPORT_FORMATS` (name -> `ExportFormat`: its suffixes, its writer and the
@@ -32,18 +34,24 @@ from tlunet.postprocess import PostProcess, keep_largest_region  # noqa: F401  (
 INSTALL_HINT = "pip install 'tlunet[export]'"
 
 
-def export_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5):
-    """Writes a SavedModel with three endpoints.
+def export_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5, class_names=None):
+    """Writes a SavedModel of a 2D segmentation model or image classifier, with three endpoints
+    (a classifier, four).
 
     - `serve(images)`: (N, H, W, C) images of any H, W, either uint8 (0-255) or float32 in
-      [0, 1] -> float32 (N, H, W, classes) probabilities, resizing to the model's input size inside
-      the graph (bilinear, antialiased) and the output back to (H, W).
+      [0, 1], resized to the model's input size inside the graph (bilinear, antialiased) ->
+      float32 probabilities: for a segmentation model (N, H, W, classes), resized back to (H, W);
+      for a classifier (`is_classifier`: output (N, K), e.g. `tlunet.models.seg_to_classifier`)
+      (N, K) class probabilities.
     - `serve_float(images)`: the same for float32 images in [0, 1] only.
     - `serve_model(images)`: the Keras model itself on float32 [0, 1] input at its own size (what
       `model.export()` gives; no resizing and no range check).
+    - classifiers only, `class_names()`: the K class names, a 1-D string tensor in the order of the
+      probabilities' columns (`loaded.class_names().numpy()` -> `[b"covid", ...]`).
 
-    An empty batch (0, H, W, C) gives an empty result, float32 (0, H, W, classes), from every
-    endpoint (after the same channel and range checks), as a batching server may send one.
+    An empty batch (0, H, W, C) gives an empty result, float32 (0, H, W, classes) or for a
+    classifier (0, K), from every endpoint (after the same channel and range checks), as a
+    batching server may send one.
 
     Channels. `serve` and `serve_float` take the model's channel count, and for a one-channel
     (grey) model also RGB images, converted to grey as `tlunet predict` reads an RGB file (PIL's
@@ -72,41 +80,112 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
     user can read them where the umask allows it.
 
     Args:
-        model: a Keras model taking float images in [0, 1].
+        model: a Keras model taking float images in [0, 1]: a segmentation model (output (N, H,
+            W, classes)) or a classifier (output (N, K) probabilities).
         path: output directory (must not exist).
         size: (H, W) to resize to when the model accepts any size (None dims); default: the
             model's own input size.
-        tta: None, or "flip" to average `serve`'s (and `serve_float`'s) probabilities of each image
-            and of its left-right mirror, as an experiment run with `evaluation.tta: flip` evaluated
-            it (twice the compute). `serve_model` stays the bare model.
-        largest_component: True to keep, in `serve`'s and `serve_float`'s probabilities, only the
-            largest connected region of `probabilities >= threshold` (`keep_largest_region`, at the
-            input's own size, after `tta` and the resize), as an experiment run with
-            `evaluation.largest_component: true` evaluated it: a second blob reads 0. One-channel
-            models only.
-        threshold: the threshold that defines the regions of `largest_component`.
+        tta: segmentation models only: None, or "flip" to average `serve`'s (and `serve_float`'s)
+            probabilities of each image and of its left-right mirror, as an experiment run with
+            `evaluation.tta: flip` evaluated it (twice the compute). `serve_model` stays the bare model.
+        largest_component: segmentation models only: True to keep, in `serve`'s and `serve_float`'s
+            probabilities, only the largest connected region of `probabilities >= threshold`
+            (`keep_largest_region`, at the input's own size, after `tta` and the resize), as an
+            experiment run with `evaluation.largest_component: true` evaluated it: a second blob
+            reads 0. One-channel models only.
+        threshold: the threshold that defines the regions of `largest_component` (unused otherwise).
+        class_names: classifiers only: the K class names `class_names()` returns, in the order of the
+            model's outputs (a run's `classes`); default "0", ..., "K-1".
 
     Returns:
         `path`.
+
+    Raises:
+        ValueError: `tta` or `largest_component` for a classifier, `class_names` for a segmentation
+            model or not K distinct names, a 3D model, a model of any size without `size`.
+        FileExistsError: `path` exists.
     """
+    if is_classifier(model):
+        return _export_classifier_savedmodel(model, path, size, tta, largest_component, class_names)
+    if class_names is not None:
+        raise ValueError(f"class_names name a classifier's outputs; {model.name!r} is a segmentation model "
+                         f"(output {model.output_shape}): leave class_names at None")
     post = PostProcess(threshold=threshold, tta=tta, largest_component=largest_component)
     post.check_model(model)
     path, size, channels = _savedmodel_settings(model, path, size)
-    at_input_size = post.as_tf(model, size)  # tta, the resize back and the largest region, as evaluated
+    classes = model.output_shape[-1]
+    archive = _serving_archive(model, post.as_tf(model, size),  # tta, the resize back and the largest region
+                               size, channels, lambda shape: [0, shape[1], shape[2], classes])
+    return _write_archive(archive, path)
 
+
+def is_classifier(model):
+    """Whether `model` gives one probability vector per image, output (N, K) (as
+    `tlunet.models.seg_to_classifier` builds), rather than probability maps."""
+    shape = model.output_shape
+    return isinstance(shape, tuple) and len(shape) == 2
+
+
+def _export_classifier_savedmodel(model, path, size, tta, largest_component, class_names):
+    """`export_savedmodel` of a classifier: `serve` resizes the images to the model's size and
+    returns (N, K) class probabilities; `class_names()` returns the names."""
+    classes = model.output_shape[-1]
+    for option, value, default in (("tta", tta, None), ("largest_component", largest_component, False)):
+        if value is not None and value is not False:  # the post-processing of probability maps
+            raise ValueError(f"{option} post-processes a segmentation model's probability maps; {model.name!r} is a "
+                             f"classifier (output (N, {classes}) class probabilities): leave {option} at {default}. "
+                             f"Received: {option}={value!r}")
+    names = _checked_class_names(class_names, classes, model)
+    path, size, channels = _savedmodel_settings(model, path, size)
+
+    def classify(images):  # the resize `PostProcess.as_tf` gives segmentation models, as training's PIL resize
+        resized = tf.image.resize(images, size, method="bilinear", antialias=True)
+        return tf.cast(model(resized, training=False), tf.float32)
+
+    archive = _serving_archive(model, classify, size, channels, lambda shape: [0, classes])
+
+    @tf.function(input_signature=[])
+    def class_names_endpoint():
+        return tf.constant(names, tf.string)
+
+    archive.add_endpoint("class_names", class_names_endpoint)
+    return _write_archive(archive, path)
+
+
+def _checked_class_names(class_names, classes, model):
+    """`class_names` as a list of `classes` distinct strings ("0", ..., "K-1" for None); ValueError otherwise."""
+    if class_names is None:
+        return [str(i) for i in range(classes)]
+    if isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__iter__"):
+        raise ValueError(f"class_names must be a list of {classes} names. Received: class_names={class_names!r}")
+    names = [str(name) for name in class_names]
+    if len(names) != classes:
+        raise ValueError(f"class_names has {len(names)} names ({', '.join(names)}); {model.name!r} outputs {classes} "
+                         f"class probabilities. Received: class_names={class_names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct. Received: class_names={class_names!r}")
+    return names
+
+
+def _serving_archive(model, at_input_size, size, channels, empty_shape):
+    """An `ExportArchive` tracking `model` with the endpoints `serve`, `serve_float` and `serve_model`.
+
+    Args:
+        at_input_size: float32 images in [0, 1] with the model's channels, any size -> probabilities.
+        size: the model's (H, W), which `serve_model` takes.
+        empty_shape: the result's shape for an empty batch, from the images' (dynamic) shape.
+    """
     def spec(dtype):  # any channel count: `_model_channels` converts or refuses it in the graph
         return tf.TensorSpec([None, None, None, None], dtype, name="images")
-
-    classes = model.output_shape[-1]
 
     @tf.function
     def serve(images):
         if images.dtype == tf.uint8:
             return _unless_empty(at_input_size, tf.cast(_model_channels(images, channels), tf.float32) / 255.0,
-                                 classes)
-        return _unless_empty(at_input_size, _model_channels(_unit_range(images), channels), classes)
+                                 empty_shape)
+        return _unless_empty(at_input_size, _model_channels(_unit_range(images), channels), empty_shape)
 
-    # The uint8 trace first: it is the endpoint's signature (and serving_default), as before.
+    # The uint8 trace first: it is the endpoint's signature (and serving_default).
     serve.get_concrete_function(spec(tf.uint8))
     serve.get_concrete_function(spec(tf.float32))
 
@@ -116,14 +195,14 @@ def export_savedmodel(model, path, size=None, tta=None, largest_component=False,
 
     @tf.function(input_signature=[tf.TensorSpec([None, *size, channels], tf.float32, name="images")])
     def serve_model(images):
-        return _unless_empty(lambda x: tf.cast(model(x, training=False), tf.float32), images, classes)
+        return _unless_empty(lambda x: tf.cast(model(x, training=False), tf.float32), images, empty_shape)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve)
     archive.add_endpoint("serve_float", serve_float)
     archive.add_endpoint("serve_model", serve_model)
-    return _write_archive(archive, path)
+    return archive
 
 
 def _savedmodel_settings(model, path, size):
@@ -190,11 +269,11 @@ def _grey(images):
     return tf.minimum(luma, 1.0)  # the weights sum to 1; rounding must not leave [0, 1]
 
 
-def _unless_empty(run, images, classes):
-    """`run(images)`, or for an empty batch float32 (0, H, W, classes) zeros: a model's layers
-    (convolutions, BatchNorm) fail on a batch of no images."""
+def _unless_empty(run, images, empty_shape):
+    """`run(images)`, or for an empty batch float32 zeros of shape `empty_shape(tf.shape(images))`:
+    a model's layers (convolutions, BatchNorm) fail on a batch of no images."""
     shape = tf.shape(images)
-    return tf.cond(shape[0] > 0, lambda: run(images), lambda: tf.zeros([0, shape[1], shape[2], classes], tf.float32))
+    return tf.cond(shape[0] > 0, lambda: run(images), lambda: tf.zeros(empty_shape(shape), tf.float32))
 
 
 def _host_tag():
@@ -393,7 +472,7 @@ def format_for_path(path):
 
 
 def export_model(model, path, format="savedmodel", size=None, quantize=None, representative_data=None, tta=None,
-                 largest_component=False, threshold=0.5):
+                 largest_component=False, threshold=0.5, class_names=None):
     """Exports `model` as a SavedModel, a LiteRT (`.tflite`) file or an ONNX (`.onnx`) file
     (`EXPORT_FORMATS`).
 
@@ -405,7 +484,8 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
 
     LiteRT and ONNX files take float32 images in [0, 1], shape (N, *size, channels), at the model's
     fixed input size (resize before calling them: the resize-any-size endpoint is SavedModel-only),
-    and return float32 probabilities (N, *size, classes). Their input is named "images". Values
+    and return float32 probabilities (N, *size, classes), or a classifier's (N, K) (`is_classifier`).
+    Their input is named "images". Values
     are not range-checked inside the file, so 0-255 images must be divided by 255 first. Keras'
     outputs are matched within 1e-4 (tests/test_export_formats.py).
 
@@ -433,6 +513,8 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
             probabilities (`export_savedmodel`).
         largest_component, threshold: SavedModel only: `serve` keeps only the largest region of
             `probabilities >= threshold` (`export_savedmodel`).
+        class_names: SavedModel of a classifier only: the names its `class_names()` endpoint
+            returns (`export_savedmodel`); a LiteRT or ONNX file holds none.
 
     Returns:
         `path`.
@@ -441,18 +523,24 @@ def export_model(model, path, format="savedmodel", size=None, quantize=None, rep
         FileExistsError: `path` exists.
         ValueError: an unknown format, an option the format does not take (`check_export`), a wrong
             suffix, missing or bad representative data, a model or layer the converter cannot handle
-            (the message names the file and the operators).
+            (the message names the file and the operators), `class_names` for a LiteRT or ONNX file,
+            what `export_savedmodel` refuses (`tta` for a classifier, ...).
         ImportError: a package the format needs is missing (the message names the file and
             `pip install 'tlunet[export]'`).
     """
     spec = check_export(format, path, {"quantize": quantize, "representative_data": representative_data, "tta": tta,
                                        "largest_component": largest_component})
+    if class_names is not None and format != "savedmodel":  # not an `EXPORT_OPTIONS` flag: the CLI reads config.yaml
+        raise ValueError(f"class_names are stored in a SavedModel only (its class_names endpoint); a {spec.label} "
+                         "file holds the probabilities in the model's class order: keep the names beside it")
     return spec.exporter(model, path, size=size, quantize=quantize, representative_data=representative_data, tta=tta,
-                         largest_component=largest_component, threshold=threshold)
+                         largest_component=largest_component, threshold=threshold, class_names=class_names)
 
 
-def _write_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5, **_):
-    return export_savedmodel(model, path, size=size, tta=tta, largest_component=largest_component, threshold=threshold)
+def _write_savedmodel(model, path, size=None, tta=None, largest_component=False, threshold=0.5, class_names=None,
+                      **_):
+    return export_savedmodel(model, path, size=size, tta=tta, largest_component=largest_component, threshold=threshold,
+                             class_names=class_names)
 
 
 def _litert_options(quantize, representative_data, shape):
