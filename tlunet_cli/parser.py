@@ -142,7 +142,8 @@ def _add_export(sub, names):
     formats = names["export_formats"]  # tlunet.export.EXPORT_FORMATS
     by_suffix = ", ".join(f"{name} for *{suffix}" for name, f in formats.items() for suffix in f["suffixes"])
     directory = next(name for name, f in formats.items() if not f["suffixes"])
-    p.add_argument("model", help="a .keras file")
+    p.add_argument("model", help="a .keras file: a segmentation model (probability maps) or a classifier (class "
+                   "probabilities; class names from the run's config.yaml)")
     p.add_argument("output", help=f"{formats[directory]['label']} directory, or a "
                    f"{' / '.join(s for f in formats.values() for s in f['suffixes'])} file (must not exist)")
     p.add_argument("--format", choices=list(formats),
