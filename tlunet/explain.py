@@ -16,8 +16,9 @@ from tlunet.models.classifier import segmentation_branch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
-# overlay colours of the lung-ultrasound classes (background transparent)
+# overlay colours of the segmentation labels 1-3 (background transparent), and their names in titles
 LINE_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.8, 1.0), 3: (1.0, 0.85, 0.1)}
+COLOUR_NAMES = {1: "red", 2: "blue", 3: "yellow"}
 
 
 def _feature_tensor(model, layer):
@@ -72,8 +73,10 @@ def colour_overlay(grey, labels, alpha=0.5):
     return np.clip(rgb, 0, 1)
 
 
-def explain_figure(classifier, image, path, class_names, true_label=None, layer=None):
+def explain_figure(classifier, image, path, class_names, true_label=None, layer=None,
+                   line_names=("pleura", "A", "B")):
     """Saves a PNG: frame | segmentation overlay | Grad-CAM of the predicted class | probabilities.
+    `line_names`: the names of segmentation labels 1.. in the overlay's title.
 
     Returns:
         dict with the predicted class, its probability and the path.
@@ -87,7 +90,8 @@ def explain_figure(classifier, image, path, class_names, true_label=None, layer=
     axes[0].imshow(grey, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("frame" + (f" (true: {class_names[true_label]})" if true_label is not None else ""), fontsize=9)
     axes[1].imshow(colour_overlay(grey, labels))
-    axes[1].set_title("segmentation: pleura red, A blue, B yellow", fontsize=9)
+    axes[1].set_title("segmentation: " + ", ".join(f"{name} {COLOUR_NAMES[c]}" for c, name in
+                                                   enumerate(line_names, start=1) if c in COLOUR_NAMES), fontsize=9)
     axes[2].imshow(grey, cmap="gray", vmin=0, vmax=1)
     axes[2].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[2].set_title(f"Grad-CAM: {class_names[predicted]}", fontsize=9)

@@ -17,6 +17,7 @@ import numpy as np
 from tlunet import evaluation as ev
 from tlunet.data import make_classification_dataset, make_dataset, split_indices, stratified_split
 from tlunet.data.kinds import load_frames, load_line_set
+from tlunet.data.lines import PHANTOM_CLASSES
 from tlunet.explain import explain_figure
 from tlunet.finetune import trainable_params
 from tlunet.models import seg_to_classifier
@@ -111,6 +112,11 @@ class ClassificationRunner(Runner):
         s = self.cfg.segmentation
         return load_line_set(s.data.to_block(), resolve_path(self.cfg, s.data.get("root")), self.cfg.seed, kind)
 
+    def line_names(self):
+        """The names of the segmentation sources' labels 1.. (as the sources recorded them)."""
+        recorded = [info.get("classes") for _, info in self.sources.values() if info.get("classes")]
+        return tuple(recorded[0]) if recorded else PHANTOM_CLASSES
+
     def line_classes(self):
         """The number of labels of the segmentation sources' output (background included)."""
         if self.sources:
@@ -187,7 +193,7 @@ class ClassificationRunner(Runner):
             for j in firsts[:self.cfg.explain.n]:
                 k = int(labels[test[j]])
                 explain_figure(model, self.test_images[j], os.path.join(figures, f"explain_{names[k]}.png"), names,
-                               true_label=k)
+                               true_label=k, line_names=self.line_names())
         return m | {"n_test_videos": len(videos)}
 
     def row_text(self, row):
