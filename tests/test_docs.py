@@ -1,5 +1,5 @@
-"""The API reference builds (`mkdocs build --strict`), every public name it documents has a docstring,
-and the version is written in one place."""
+"""The site builds (`mkdocs build --strict`: walk-through, user guide, results pages, API reference),
+every public name the reference documents has a docstring, and the version is written in one place."""
 
 import dataclasses
 import importlib
@@ -69,15 +69,24 @@ def test_public_names_have_docstrings(module_name):
 
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
-    """A docstring griffe cannot parse, a page naming a module that is gone or a README section the first
-    page includes that was renamed: each is a warning, and --strict makes it an error."""
+    """A docstring griffe cannot parse, a page naming a module that is gone, a link to a page or heading
+    that is gone, or an experiment README a results page includes that was moved: each is a warning,
+    and --strict makes it an error."""
     site = tmp_path / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
                              "-d", str(site)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     index = (site / "index.html").read_text(encoding="utf-8")
-    assert "A fetal-head segmenter" in index and "fetal_head_savedmodel" in index  # the README's walk-through
-    assert "The main job" not in index  # ... and only that section
+    assert "A fetal-head segmenter" in index and "fetal_head_savedmodel" in index  # the walk-through
+    for page in sorted((ROOT / "docs" / "guide").glob("*.md")):
+        assert (site / "guide" / page.stem / "index.html").is_file(), f"guide page {page.name} not built"
+    for readme in sorted(ROOT.glob("experiments/*/README.md")):  # every results page, included whole
+        built = (site / "results" / readme.parent.name / "index.html")
+        assert built.is_file(), f"no results page for {readme.parent.name} (docs/results/, mkdocs.yml nav)"
+        title = readme.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").split(" — ")[0]
+        assert title.split()[0] in built.read_text(encoding="utf-8"), f"{built}: not {readme} included"
+    changelog = (site / "changelog" / "index.html").read_text(encoding="utf-8")
+    assert "Unreleased" in changelog  # CHANGELOG.md, included
     finetune = (site / "reference" / "finetune" / "index.html").read_text(encoding="utf-8")
     assert 'id="tlunet.finetune.apply_strategy"' in finetune
     data = (site / "reference" / "data" / "index.html").read_text(encoding="utf-8")
