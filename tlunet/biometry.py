@@ -50,7 +50,7 @@ def outline_points(mask):
 
     The edge is the 0.5 iso-contour, half-way between the last foreground and first background
     pixel centres; fitting to the foreground boundary pixels instead would shrink the ellipse by
-    half a pixel (about -0.4 mm of head circumference on HC18).
+    half a pixel.
     """
     largest = ndimage.binary_fill_holes(largest_component(mask))  # holes' edges are not the skull's
     if not largest.any():

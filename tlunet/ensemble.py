@@ -10,8 +10,7 @@ then to its own), not once as through its own export.
 `write_ensemble` makes one from finished runs: `tlunet ensemble RUN_A/model.keras RUN_B/model.keras
 --out DIR` writes DIR/model.keras and DIR/config.yaml (the members' shared run config, their paths,
 and their common `evaluation` settings), so `tlunet evaluate`, `predict` and `export` of
-DIR/model.keras treat it as a run, and `tools/exported_test_hc18.py DIR` scores it on the members'
-test split.
+DIR/model.keras treat it as a run.
 """
 
 import hashlib

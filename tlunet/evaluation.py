@@ -19,9 +19,8 @@ Which definition each measure follows:
   * `assd`: the area-weighted mean distance of both surfaces pooled (the two directed means of
     `compute_average_surface_distance`, weighted by the surfaces' areas).
 
-- `*_voxels` variants: the former definition, on boundary voxels (foreground voxels with a
-  background face-neighbour), each counted once, as medpy and MONAI's Hausdorff/HD95/ASSD do; kept to
-  reproduce numbers measured with it. Any number of dimensions.
+- `*_voxels` variants: on boundary voxels (foreground voxels with a background face-neighbour),
+  each counted once, as medpy and MONAI's Hausdorff/HD95/ASSD compute them. Any number of dimensions.
 
 Conventions for empty masks: both empty -> Dice/IoU/NSD 1 and distances 0 (perfect agreement);
 exactly one empty -> Dice/IoU/NSD 0 and distances inf.

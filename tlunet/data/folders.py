@@ -42,7 +42,7 @@ def list_files(folder, suffixes):
 def _check_pair_folders(root, images, masks, layout):
     """DataError naming the folder the user gave and, in one line, the layout expected there, when
     either sub-folder is missing; pointing at the parent when `root` is evidently the images (or
-    masks) folder itself (`--data my_data/images` used to say `my_data/images/images: not found`)."""
+    masks) folder itself (`--data my_data/images`)."""
     missing = [d for d in (images, masks) if not os.path.isdir(os.path.join(root, d))]
     if not missing:
         return

@@ -45,7 +45,8 @@ _REGISTRY = {}
 
 
 def register_model(info):
-    """Adds a `ModelInfo` to the zoo (used by the 3D and classifier modules too)."""
+    """Adds `info` (a `ModelInfo`) to the zoo under `info.name`, so `build_model`, `list_models` and
+    `get_model_info` find it; returns `info`."""
     _REGISTRY[info.name] = info
     return info
 
