@@ -83,6 +83,7 @@ def _cmd_experiment(args):
 TRAIN_FLAGS = {"model.encoder_weights": "--encoder-weights", "model.name": "--model", "data.root": "--data",
                "data.kind": "--kind", "data.layout": "--layout", "data.image_size": "--image-size",
                "data.channels": "--channels", "data.split": "--holdout", "data.augment": "--augment",
+               "data.subject": "--subject",
                "training.epochs": "--epochs", "training.batch_size": "--batch-size", "training.learning_rate": "--lr",
                "training.loss": "--loss", "training.patience": "--patience", "training.lr_schedule": "--lr-schedule",
                "training.distribute": "--distribute", "strategy: all": "--strategy all"}
@@ -103,6 +104,9 @@ def _train_config(args, channels, overrides):
     if not 0 < args.holdout < 0.5:
         raise ValueError(f"--holdout must be a fraction in (0, 0.5): the validation part and the test part each "
                          f"take it. Received: --holdout {args.holdout}")
+    if args.subject and args.kind != "pairs":
+        raise ValueError(f"--subject names the subjects of --kind pairs files; --kind {args.kind} groups its own "
+                         "cases: drop --subject")
     weights = args.encoder_weights
     if weights and weights not in ("imagenet",):
         weights = os.path.abspath(weights)
@@ -110,7 +114,8 @@ def _train_config(args, channels, overrides):
         "name": args.name, "seed": args.seed, "deterministic": args.deterministic,
         "data": {"kind": args.kind, "root": os.path.abspath(args.data), "layout": args.layout,
                  "image_size": list(args.image_size), "channels": channels,
-                 "split": [1 - 2 * args.holdout, args.holdout, args.holdout], "augment": args.augment},
+                 "split": [1 - 2 * args.holdout, args.holdout, args.holdout], "augment": args.augment,
+                 **({"subject": args.subject} if args.subject else {})},
         "model": {"name": args.model, "encoder_weights": weights},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "loss": args.loss, "patience": args.patience, "mixed_precision": args.mixed_precision,

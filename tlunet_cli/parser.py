@@ -77,6 +77,9 @@ def _add_train(sub, names):
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default: none)")
     p.add_argument("--holdout", type=float, default=0.15, help="validation and test fraction each, split by "
                    "subject (default: %(default)s)")
+    p.add_argument("--subject", default=None, metavar="REGEX", help="--kind pairs: a regular expression whose first "
+                   "group in a file name is its subject, so one subject's images stay on one side of the split, "
+                   "e.g. '^(p\\d+)_' for p01_a.png (default: each image its own subject)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],

@@ -15,6 +15,7 @@ data mapping as written, `root` its `root` resolved to a path (or None, or `down
 """
 
 import dataclasses
+import re
 from typing import Callable
 
 import numpy as np
@@ -92,11 +93,35 @@ def _hc18(block, root, seed):
     return data, [m["subject"] for m in data.meta], source
 
 
-@register_data_kind("pairs", "image", keys=("layout",), reads_folder=True)
+@register_data_kind("pairs", "image", keys=("layout", "subject"), reads_folder=True)
 def _pairs(block, root, seed):
-    """Image and mask folders in a known layout (`tlunet.data.LAYOUTS`); each case its own group."""
+    """Image and mask folders in a known layout (`tlunet.data.LAYOUTS`); grouped by subject.
+
+    `subject`: a regular expression whose first group (or whole match) in a file's stem names its
+    subject, e.g. `^(p\\d+)_` for `p01_a.png`, `p01_b.png`; default: each image its own subject.
+    """
     data = find_pairs(root, block.get("layout", "generic"))
-    return data, [m["stem"] for m in data.meta], root
+    stems = [m["stem"] for m in data.meta]
+    pattern = block.get("subject")
+    return data, stems if pattern is None else subjects_of(stems, pattern, root), root
+
+
+def subjects_of(stems, pattern, where):
+    """The subject of each file stem: the first group (else the whole match) of the regular
+    expression `pattern` searched in it. DataError naming `where`, the pattern and a stem it does
+    not match; ValueError for a pattern that is not a regular expression."""
+    try:
+        regex = re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"subject {pattern!r} is not a regular expression ({e})") from None
+    subjects = []
+    for stem in stems:
+        m = regex.search(stem)
+        if m is None:
+            raise DataError(f"{where}: subject pattern {pattern!r} does not match the file {stem!r}; every file "
+                            "name must say its subject")
+        subjects.append(m.group(1) if regex.groups else m.group(0))
+    return subjects
 
 
 @register_data_kind("lung_us_phantom", "image", keys=("n", "phantom_size"))
