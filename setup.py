@@ -62,8 +62,13 @@ setup(
         "dev": ["pytest>=7", "pytest-xdist>=3", "medpy>=0.5", "surface-distance==0.1", "torch==2.13.0", "setuptools>=64", "wheel",
                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", *DOCS, *EXPORT],
         "docs": DOCS,
-        # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py.
-        "bench": ["tf-keras"],
+        # Keras' legacy ImageDataGenerator, the baseline of benchmarks/pipeline.py; the PyTorch peers of
+        # benchmarks/peers.py (MONAI, segmentation-models-pytorch), benchmark-only, never runtime
+        # dependencies. torch is pinned to the CPU build as in "dev", so pip keeps it and resolves the
+        # rest around it (no --no-deps needed): it adds torchvision 0.28.0 (PyPI's, built for CUDA torch:
+        # its C ops do not load beside the CPU build, and peers.py declares the two op schemas its import
+        # needs; smp only uses its model classes), timm, huggingface-hub and safetensors.
+        "bench": ["tf-keras", "torch==2.13.0", "monai>=1.4", "segmentation-models-pytorch>=0.5"],
         # The reference implementation benchmarks compare against (needs SM_FRAMEWORK=tf.keras).
         "reference": ["segmentation-models==1.0.1"],
         # `tlunet export --format litert|onnx` (its ONNX tests skip without them; LiteRT falls back to tf.lite).
