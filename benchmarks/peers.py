@@ -624,8 +624,7 @@ def section_train3d(args, cfg):
             continue
         o, p = r["ours"], r["peer"]
         print(f"| {r['patch']}³ | {r['t']['tlunet']:.2f} | {r['t']['peer']:.2f} | **{r['ratio']:.2f}** | "
-              f"{o['gflops']:.1f} | {p['gflops']:.1f} | {o['peak_mb']:,.0f} ({o['peak_mb'] - o['built_mb']:,.0f}) | "
-              f"{p['peak_mb']:,.0f} ({p['peak_mb'] - p['built_mb']:,.0f}) |")
+              f"{o['gflops']:.1f} | {p['gflops']:.1f} | {_peak_cell(o)} | {_peak_cell(p)} |")
     ok = [r for r in rows if "error" not in r]
     if ok:
         o, p = ok[0]["ours"], ok[0]["peer"]
@@ -638,6 +637,12 @@ def section_train3d(args, cfg):
               f"(TensorFlow + Keras + tlunet vs PyTorch + MONAI after import: {args.hellos['tf']['rss_mb']:,.0f} vs "
               f"{args.hellos['torch']['rss_mb']:,.0f} MB); the rise is over the process with the model built.")
     return rows
+
+
+def _peak_cell(side):
+    """A table cell: the peak resident MB of one side's worker, and (in brackets) its rise over the
+    process with the model built."""
+    return f"{side['peak_mb']:,.0f} ({side['peak_mb'] - side['built_mb']:,.0f})"
 
 
 def section_sliding(args, cfg):
@@ -675,8 +680,7 @@ def section_sliding(args, cfg):
             continue
         o, p = r["ours"], r["peer"]
         print(f"| {o['windows']} / {p['windows']} | {r['t']['tlunet']:.1f} | {r['t']['peer']:.1f} | **{r['ratio']:.2f}** | "
-              f"{o['peak_mb']:,.0f} ({o['peak_mb'] - o['built_mb']:,.0f}) | {p['peak_mb']:,.0f} "
-              f"({p['peak_mb'] - p['built_mb']:,.0f}) | {r['retraces'] if r['retraces'] is not None else '?'} |")
+              f"{_peak_cell(o)} | {_peak_cell(p)} | {r['retraces'] if r['retraces'] is not None else '?'} |")
     return rows
 
 
