@@ -7,6 +7,9 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import keras
@@ -15,6 +18,8 @@ import pytest
 from PIL import Image
 
 import tlunet
+from tlunet.data import make_classification_dataset
+from tlunet.data.io import read_image
 from tlunet.data.kinds import load_line_set
 from tlunet.data.lines import dense_to_sparse, orientations_of
 from tlunet.evaluation import classification_metrics, majority_vote
@@ -193,6 +198,37 @@ def test_reverse_transfer_from_rib_frames_to_pocus_videos(tmp_path):
         assert row["balanced_accuracy"] == pytest.approx(np.mean([metrics["per_class"][n]["recall"] for n in names]))
     summary = (exp / "summary.md").read_text()
     assert "balanced acc." in summary and "recall covid" in summary and "video acc. (majority)" in summary
+    _served_as_trained(exp / "dense", tmp_path, names)
+
+
+SERVE = """
+import json, sys
+import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+frame = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(sys.argv[2]).convert("RGB"))
+print(json.dumps({"probs": loaded.serve(tf.constant(frame[None])).numpy().tolist(),
+                  "names": [n.decode() for n in loaded.class_names().numpy()]}))
+"""
+
+
+def _served_as_trained(run, tmp_path, names):
+    """`tlunet export` of a trained classifier (the console script), then its `serve` in a fresh
+    process on a uint8 RGB frame of its own size: the run's class names, and the probabilities the
+    trained model gives the frame read and resized as the runner reads it."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    exe = Path(sysconfig.get_path("scripts")) / "tlunet"
+    done = subprocess.run([str(exe), "export", str(run / "model.keras"), str(tmp_path / "sm")], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    frame = next((tmp_path / "pocus" / "cross_validation" / "split1" / "covid").glob("*.jpg"))
+    served = subprocess.run([sys.executable, "-c", SERVE, str(tmp_path / "sm"), str(frame)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert served.returncode == 0, served.stderr
+    out = json.loads(served.stdout.strip().splitlines()[-1])
+    assert out["names"] == list(names)
+    model = keras.saving.load_model(run / "model.keras")
+    (x, _), = make_classification_dataset([read_image(str(frame), channels=1)], [0], (32, 32), 1, shuffle=False)
+    np.testing.assert_allclose(out["probs"], model.predict(x, verbose=0), atol=0.02)
 
 
 def test_shipped_real_profile_reads_pocus_folds_and_rib_frames():
