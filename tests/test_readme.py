@@ -172,7 +172,7 @@ def test_command_lines_parse(path, capsys):
 # ---------------------------------------------------------------------------------- code runs
 @pytest.mark.slow
 def test_walkthrough_runs(tmp_path, monkeypatch, capsys):
-    section = _section(WALKTHROUGH.read_text(encoding="utf-8"), "Five-minute walk-through")
+    section = _section(WALKTHROUGH.read_text(encoding="utf-8"), "Walk-through")
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     assert "EPOCHS, SIZE = 30, (128, 192)" in code
     code = code.replace("EPOCHS, SIZE = 30, (128, 192)", "EPOCHS, SIZE = 2, (64, 96)")
