@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from tlunet.data import (DataError, find_lung_us_ribs, find_pocus, hdf5_patch_set, lung_us_groups, lung_us_ribs_set,
-                         make_classification_dataset, pocus_video_folds, read_frame_mask, read_hdf5_patches, video_of)
+                         make_classification_dataset, pocus_video_folds, read_frame_mask, read_hdf5_patches,
+                         unannotated_rib_lines, video_of)
 from tlunet.data.kinds import data_kind, load_image_set
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # as tests/conftest.py finds it
@@ -31,7 +32,7 @@ def _real(folder):
 
 @pytest.fixture(scope="module")
 def ribs_label_maps():
-    """All 208 real frames at 64x64 with a label map of the three classes (read once per module)."""
+    """The 184 real frames whose three classes are all annotated, at 64x64, as label maps (read once per module)."""
     root = _real("lung_us_ribs")
     block = {"kind": "lung_us_ribs", "root": root, "image_size": [64, 64], "channels": 1, "classes": LINES}
     return load_image_set(block, root=root)
@@ -65,24 +66,27 @@ def test_real_ribs_binary_masks_and_missing_rib_lines():
         assert mask.shape == (820, 1124) and set(np.unique(mask)) == {0, 1}
         assert 0 < mask.mean() < 0.9
     without = [f for f in find_lung_us_ribs(root) if f.masks["rib_line"] is None]
-    assert len(without) == 24
-    lines = lung_us_ribs_set(root, "rib_line")
-    first = lines.meta.index(next(m for m in lines.meta if m["name"] == without[0].name))
-    assert not lines.read_mask(lines.masks[first]).any()
+    assert len(without) == 24 and unannotated_rib_lines(root) == [f.name for f in without]
+    lines = lung_us_ribs_set(root, "rib_line")  # frames whose rib line was not annotated are left out
+    assert len(lines) == 184 and not {m["name"] for m in lines.meta} & {f.name for f in without}
+    empty = lung_us_ribs_set(root, "rib_line", missing_rib_line="empty")
+    first = empty.meta.index(next(m for m in empty.meta if m["name"] == without[0].name))
+    assert len(empty) == 208 and not empty.read_mask(empty.masks[first]).any()
     assert all(not read_frame_mask(f, "rib_line").any() for f in without[:6])
 
 
 @pytest.mark.realdata
 def test_real_ribs_label_map_through_the_registry(ribs_label_maps):
     images, masks, meta, groups, source = ribs_label_maps
-    assert images.shape == (208, 64, 64, 1) and images.dtype == np.uint8
-    assert masks.shape == (208, 64, 64) and masks.dtype == np.uint8
+    assert images.shape == (184, 64, 64, 1) and images.dtype == np.uint8
+    assert masks.shape == (184, 64, 64) and masks.dtype == np.uint8
     assert set(np.unique(masks)) == {0, 1, 2, 3}
     assert (masks == 1).mean() > (masks == 3).mean() > 0  # shadows are larger than pleural lines
-    assert len(meta) == len(groups) == 208 and len(set(groups)) == 16 and "16 groups" in source
+    assert len(meta) == len(groups) == 184 and len(set(groups)) == 16 and "16 groups" in source
+    assert "24 frames without a rib_line file left out" in source
     assert meta[0]["original_size"] == (820, 1124)
-    missing = {f.name for f in find_lung_us_ribs(_real("lung_us_ribs")) if f.masks["rib_line"] is None}
-    assert not (masks[[m["name"] in missing for m in meta]] == 2).any()
+    missing = set(unannotated_rib_lines(_real("lung_us_ribs")))
+    assert not {m["name"] for m in meta} & missing
 
 
 @pytest.mark.realdata
@@ -213,13 +217,22 @@ def test_fake_ribs_lines_win_over_the_shadow_where_they_overlap(tmp_path):
         assert (mask[24:] == index["rib_shadow"]).all()
 
 
-def test_fake_ribs_missing_rib_line_reads_empty(tmp_path):
+def test_fake_ribs_missing_rib_line_is_left_out_or_read_empty(tmp_path):
     root = _write_ribs(tmp_path / "ribs", skip={("din-01-L-1-V-frame1", "rib_line")})
     frames = find_lung_us_ribs(root)
     assert frames[1].masks["rib_line"] is None and frames[0].masks["rib_line"]
-    data = lung_us_ribs_set(root, ["rib_shadow", "rib_line"])
+    skipped = lung_us_ribs_set(root, ["rib_shadow", "rib_line"])  # not annotated: left out
+    assert [m["name"] for m in skipped.meta] == ["din-01-L-1-V-frame0", "man-02-R-2-V-frame0"]
+    assert len(lung_us_ribs_set(root, "rib_shadow")) == 3  # a label without rib_line keeps every frame
+    data = lung_us_ribs_set(root, ["rib_shadow", "rib_line"], missing_rib_line="empty")
     mask = data.read_mask(data.masks[1])
     assert mask.shape == (H, W) and set(np.unique(mask)) == {0, 1}  # the shadow only
+    block = {"kind": "lung_us_ribs", "root": root, "image_size": [16, 16], "channels": 1,
+             "classes": ["rib_shadow", "rib_line"]}
+    *_, groups, source = load_image_set(block, root)
+    assert len(groups) == 2 and "1 frames without a rib_line file left out" in source
+    with pytest.raises(ValueError, match=r"`missing_rib_line` must be one of \['skip', 'empty'\]"):
+        lung_us_ribs_set(root, "rib_line", missing_rib_line="zero")
 
 
 @pytest.mark.parametrize("cls", ["pleural_line", "rib_shadow"])
@@ -322,6 +335,12 @@ def test_fake_pocus_errors_name_the_folder(tmp_path):
         find_pocus(twice)
     with pytest.raises(ValueError, match=r"`every` must be a whole number"):
         find_pocus(twice, every=0)
+    no_pneumonia = {k: v for k, v in FAKE_POCUS.items() if "/pneumonia/" not in k}
+    empty = _write_pocus(tmp_path / "empty", no_pneumonia)
+    for fold in ("split0", "split1"):
+        os.makedirs(os.path.join(empty, "cross_validation", fold, "pneumonia"))
+    with pytest.raises(DataError, match=r"class 'pneumonia' has no frames in split0, split1"):
+        find_pocus(empty, CLASSES)
 
 
 # ------------------------------------------------------------------------------ hdf5_patches, fake files

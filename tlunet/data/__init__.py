@@ -9,7 +9,7 @@ from tlunet.data.folders import LAYOUTS, find_class_folders, find_pairs, frames_
 from tlunet.data.hc18 import HC18Record, fill_annotation, find_hc18, hc18_set, load_hc18_record, subject_of
 from tlunet.data.io import DataError, image_channels, read_image, read_mask
 from tlunet.data.lung_us import (RIB_CLASSES, LungUSFrame, find_lung_us_ribs, lung_us_groups, lung_us_ribs_set,
-                                 read_frame_mask)
+                                 read_frame_mask, unannotated_rib_lines)
 from tlunet.data.nifti import NIFTI_LAYOUTS, find_nifti_pairs, hu_window, load_nifti, make_patch_dataset, resample, sample_patch
 from tlunet.data.patches import hdf5_patch_set, read_hdf5_patches
 from tlunet.data.pocus import find_pocus, pocus_video_folds, video_of
@@ -26,5 +26,6 @@ __all__ = [
     "resize_pair", "sample_patch", "split_by_subject", "split_indices", "subject_of", "experiment_splits",
     "fraction_indices", "kfold_indices", "stratified_split", "list_files",
     "RIB_CLASSES", "LungUSFrame", "find_lung_us_ribs", "lung_us_groups", "lung_us_ribs_set", "read_frame_mask",
+    "unannotated_rib_lines",
     "hdf5_patch_set", "read_hdf5_patches", "find_pocus", "pocus_video_folds", "video_of",
 ]

@@ -26,7 +26,7 @@ from tlunet.data.folders import find_class_folders, find_pairs, frames_by_group
 from tlunet.data.hc18 import hc18_set
 from tlunet.data.io import DataError, image_channels, read_image, read_mask
 from tlunet.data.lines import PHANTOM_CLASSES, convert_labels
-from tlunet.data.lung_us import lung_us_groups, lung_us_ribs_set
+from tlunet.data.lung_us import lung_us_groups, lung_us_ribs_set, unannotated_rib_lines
 from tlunet.data.nifti import find_nifti_pairs, hu_window, load_nifti
 from tlunet.data.patches import hdf5_patch_set
 from tlunet.data.phantoms import ct_volume, lung_ultrasound, phantom_videos
@@ -137,19 +137,31 @@ def _lung_us_phantom(block, root, seed):
     return data, list(range(len(frames))), "synthetic lung-ultrasound phantom"  # one frame per "subject"
 
 
-@register_data_kind("lung_us_ribs", "image", keys=("classes", "group"), reads_folder=True)
+@register_data_kind("lung_us_ribs", "image", keys=("classes", "group", "missing_rib_line"), reads_folder=True)
 def _lung_us_ribs(block, root, seed):
     """Lung-ultrasound frames with rib-shadow, rib-line and pleural-line masks (publisher's layout); grouped by clip.
 
     `classes`: one of `pleural_line`, `rib_shadow` (default), `rib_line` (a 0/1 mask), or a list of
     them (a label map, 1.. in the list's order; `tlunet.data.lung_us.read_frame_mask` says which wins
     where two overlap). `group`: `clip` (default), `subject` (`din-01`) or `number` (`01`).
+    `missing_rib_line`: `skip` (default) leaves out the frames whose rib line was not annotated when
+    `classes` include it; `empty` reads them as having none.
     """
     classes = block.get("classes", "rib_shadow")
-    data = lung_us_ribs_set(root, classes)
+    data = lung_us_ribs_set(root, classes, block.get("missing_rib_line", "skip"))
     groups = lung_us_groups(data.meta, block.get("group", "clip"))
     shown = classes if isinstance(classes, str) else "+".join(classes)
-    return data, groups, f"lung-US ribs ({root}, {len(data)} frames of {len(set(groups))} groups, {shown})"
+    return data, groups, (f"lung-US ribs ({root}, {len(data)} frames of {len(set(groups))} groups, {shown}"
+                          f"{_rib_lines_note(root, classes, block)})")
+
+
+def _rib_lines_note(root, classes, block):
+    """"; N frames without a rib_line file left out" when that happened, else ""."""
+    if "rib_line" not in ([classes] if isinstance(classes, str) else classes) or \
+            block.get("missing_rib_line", "skip") != "skip":
+        return ""
+    left_out = len(unannotated_rib_lines(root))
+    return f"; {left_out} frames without a rib_line file left out" if left_out else ""
 
 
 @register_data_kind("hdf5_patches", "image", keys=("files",), reads_folder=True)
@@ -318,7 +330,7 @@ def _lines_pairs(block, root, seed, label_kind):
 RIB_LINE_CLASSES = ("pleural_line", "rib_line", "rib_shadow")  # labels 1-3: two horizontal lines, one vertical band
 
 
-@register_data_kind("lung_us_ribs", "lines", keys=("classes", "group"), reads_folder=True)
+@register_data_kind("lung_us_ribs", "lines", keys=("classes", "group", "missing_rib_line"), reads_folder=True)
 def _lines_lung_us_ribs(block, root, seed, label_kind):
     """Real lung-ultrasound frames with hand-painted pleural-line, rib-line and rib-shadow regions;
     grouped by clip.
@@ -327,9 +339,10 @@ def _lines_lung_us_ribs(block, root, seed, label_kind):
     curve, made after resizing to `image_size` so that no line is lost to the resize: the pleural
     and rib lines by their middle row, a rib shadow by its middle column (`tlunet.data.lines`).
     `classes`: the structures to label, 1.. in order (default pleural_line, rib_line, rib_shadow).
+    `missing_rib_line`: as for the image kind (`skip` leaves out frames whose rib line was not annotated).
     """
     classes = tuple(block.get("classes") or RIB_LINE_CLASSES)
-    data = lung_us_ribs_set(root, list(classes))
+    data = lung_us_ribs_set(root, list(classes), block.get("missing_rib_line", "skip"))
     groups = lung_us_groups(data.meta, block.get("group", "clip"))
     images = [read_image(path, channels=1) for path in data.images]
     images, masks = _at_size(images, [data.read_mask(key) for key in data.masks], block["image_size"])
@@ -337,7 +350,7 @@ def _lines_lung_us_ribs(block, root, seed, label_kind):
         masks = np.stack([convert_labels(m, "sparse", classes) for m in masks])
     return LineSet(images, masks, groups, classes,
                    f"lung-US ribs ({root}: {len(images)} frames of {len(set(groups))} clips, {label_kind} "
-                   f"{'+'.join(classes)} labels)")
+                   f"{'+'.join(classes)} labels{_rib_lines_note(root, classes, block)})")
 
 
 def load_line_set(block, root, seed, label_kind):

@@ -8,8 +8,10 @@ github MXHsj/CS541-Deep-Learning-Project; no licence stated, research use).
 `<clip>-frame<K>`, e.g. `din-01-L-1-V-frame7` of clip `din-01-L-1-V` and subject `din-01`. The frames
 of one clip are near copies: split by clip (or subject), never by frame.
 
-The publisher omits the `rib_line` file of a frame that shows no rib line: such a frame reads as an
-empty rib-line mask. Every frame must have its `pleural_line` and `rib_shadow` files.
+Every frame must have its `pleural_line` and `rib_shadow` files. The publisher has no `rib_line`
+file for some frames (24 of 208), and a rib line is visible in some of them: a missing file means
+"not annotated", not "no rib line". So a label that includes `rib_line` leaves those frames out
+(`missing_rib_line="skip"`, the default); `"empty"` reads them as having no rib line instead.
 """
 
 import os
@@ -25,7 +27,8 @@ from tlunet.data.io import IMAGE_SUFFIXES, DataError, read_image, upright
 from tlunet.data.pipeline import SegmentationSet
 
 RIB_CLASSES = ("pleural_line", "rib_shadow", "rib_line")
-OPTIONAL_CLASSES = ("rib_line",)  # a missing file is an empty mask (the publisher omits empty ones)
+OPTIONAL_CLASSES = ("rib_line",)  # the publisher did not annotate every frame's rib line
+MISSING_RIB_LINE = ("skip", "empty")  # a frame without its rib_line file: left out, or read as empty
 # Painting order of a label map: a later class wins where two overlap (the thin lines over the shadow).
 PAINT_ORDER = ("rib_shadow", "rib_line", "pleural_line")
 GROUPINGS = ("clip", "subject", "number")
@@ -170,16 +173,23 @@ def mask_key(root, frame, classes):
     return frame.masks.get(cls) or os.path.join(root, "mask", cls, f"{frame.name}-{cls}.jpg")
 
 
-def lung_us_ribs_set(root, classes="rib_shadow"):
+def lung_us_ribs_set(root, classes="rib_shadow", missing_rib_line="skip"):
     """The frames under `root` as a `SegmentationSet` whose masks are read by `FrameMaskReader`:
     binary (num_classes 2) for one class name, a label map (num_classes len(classes) + 1) for a list.
-    Meta per frame: name, clip, subject, image.
+    Meta per frame: name, clip, subject, image. When `classes` include `rib_line`, frames without a
+    `rib_line` file are left out (`missing_rib_line="skip"`) or read as having none (`"empty"`);
+    `unannotated_rib_lines(root)` names them.
 
     Raises:
         DataError: as `find_lung_us_ribs`; an unknown class; a class empty in every frame.
+        ValueError: `missing_rib_line` not one of `MISSING_RIB_LINE`.
     """
     names = check_classes(classes, root)
+    if missing_rib_line not in MISSING_RIB_LINE:
+        raise ValueError(f"`missing_rib_line` must be one of {list(MISSING_RIB_LINE)}. Received: {missing_rib_line!r}")
     frames = find_lung_us_ribs(root)
+    if "rib_line" in names and missing_rib_line == "skip":
+        frames = [f for f in frames if f.masks["rib_line"] is not None]
     for cls in names:
         if not any(read_class_mask(f, cls).any() for f in frames):  # stops at the first frame that has one
             raise DataError(f"{os.path.join(root, 'mask', cls)}: class {cls!r} is empty in every one of the "
@@ -189,6 +199,11 @@ def lung_us_ribs_set(root, classes="rib_shadow"):
             for f in frames]
     return SegmentationSet([f.image for f in frames], keys, meta, num_classes=len(names) + 1,
                            mask_reader=FrameMaskReader(dict(zip(keys, frames)), classes))
+
+
+def unannotated_rib_lines(root):
+    """The names of the frames under `root` that have no `rib_line` file."""
+    return [f.name for f in find_lung_us_ribs(root) if f.masks["rib_line"] is None]
 
 
 def lung_us_groups(meta, group="clip"):
