@@ -40,6 +40,8 @@ def _check(labels, name, classes):
     if labels.size and (labels.min() < 0 or labels.max() > classes or not np.all(np.mod(labels, 1) == 0)):
         raise ValueError(f"`{name}` must hold class indices 0-{classes}. Received values {np.unique(labels)[:8]}")
     return labels.astype(np.uint8)
+
+
 def _run_centres(region):
     """Marks the middle pixel of every vertical run of True in each column of `region`."""
     out = np.zeros_like(region)

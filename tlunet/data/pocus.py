@@ -78,7 +78,7 @@ def find_pocus(root, classes=None, folds=None, every=1, max_frames=None):
 
     Raises:
         DataError: no fold folders, an unknown fold, class folders that differ from `classes`, a fold
-            without frames, one video in two folds.
+            without frames, a class of `classes` without frames in any fold, one video in two folds.
     """
     whole = lambda n: isinstance(n, int) and not isinstance(n, bool) and n >= 1  # noqa: E731
     if not whole(every) or not (max_frames is None or whole(max_frames)):
@@ -95,6 +95,10 @@ def find_pocus(root, classes=None, folds=None, every=1, max_frames=None):
                 raise DataError(f"{item['path']}: video {item['group']!r} is also in {first['fold']} "
                                 f"({first['path']}); the publisher's folds keep each video in one")
         items += found
+    empty = [c for c in (classes or []) if not any(i["class"] == c for i in items)]
+    if empty:
+        raise DataError(f"{root}: class {empty[0]!r} has no frames in {', '.join(_chosen_folds(root, folds))}; every "
+                        "class needs frames to learn and test it")
     by_video = {}
     for item in items:  # each video's frames are in frame order
         by_video.setdefault(item["group"], []).append(item)

@@ -1,11 +1,12 @@
 """Reverse transfer (`task: classification`): Gare et al. 2022.
 
-1. A line-segmentation U-Net (background, pleural line, A-line, B-line) is trained once per label
-   kind the runs need: dense (filled regions) and/or sparse (1-px lines).
+1. A segmentation U-Net of lung-ultrasound structures (the phantom's pleural line, A- and B-lines;
+   a real frame's pleural line, rib line and rib shadow: `segmentation.data`) is trained once per
+   label kind the runs need: dense (painted regions) and/or sparse (1-px traces).
 2. Each run turns one of them, or the same architecture untrained, into a classifier
    (`seg_to_classifier`) and trains it on class-labelled frames, split by video.
-3. Tested per frame and per video (the mean of its frames' probabilities): metrics.json,
-   predictions.csv, the confusion matrix and explanation figures (segmentation overlay + Grad-CAM).
+3. Tested per frame and per video (the majority vote of its frames): metrics.json, predictions.csv,
+   the confusion matrix and explanation figures (segmentation overlay + Grad-CAM).
 """
 
 import json
@@ -29,6 +30,7 @@ from tlunet.runners.results import cached_source, finish_run, fmt, markdown_tabl
 from tlunet.runners.schema import plain
 from tlunet.runners.sections import ClassificationExperiment, SegmentationSource
 from tlunet.training import compile_model, fit, save_model
+
 
 def per_class_dice(pred, masks, class_names):
     """{class name: mean Dice over the frames where the class is in the mask or the prediction}
