@@ -192,10 +192,9 @@ def load_image_set(block, root, seed=0):
     if data.arrays is None:
         images, masks = load_arrays(data, size, channels=block["channels"])
         return images, masks, data.meta, groups, source
-    pairs = [resize_pair(i, m, size) for i, m in zip(*data.arrays)]
     for meta, image in zip(data.meta, data.arrays[0]):
         meta["original_size"] = image.shape[:2]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), data.meta, groups, source
+    return (*_at_size(*data.arrays, size), data.meta, groups, source)
 
 
 # ------------------------------------------------------------------------------ volume (3D segmentation)
