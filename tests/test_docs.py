@@ -105,3 +105,16 @@ def test_version_is_written_once():
     assert result.stdout.strip().splitlines()[-1] == version, result.stderr
     assert f"tlunet {version}" == subprocess.run([sys.executable, "-c", "import tlunet_cli; print('tlunet', "
                                                  "tlunet_cli.version())"], capture_output=True, text=True).stdout.strip()
+
+
+def test_no_page_of_the_site_is_ignored_by_git():
+    """A page the nav names but .gitignore hides builds on the maintainer's checkout and is missing
+    from every clone: the strict build fails in CI only."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an sdist or a wheel): nothing can be ignored")
+    pages = [str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*") if p.is_file()]
+    pages += [f"docs/{m}" for m in re.findall(r":\s*([\w/.-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)]
+    result = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], input="\n".join(sorted(set(pages))),
+                            text=True, capture_output=True, cwd=ROOT)
+    assert result.returncode in (0, 1), result.stderr  # 1: nothing ignored
+    assert result.stdout.split() == [], f"ignored by .gitignore, so missing from a clone: {result.stdout.split()}"
