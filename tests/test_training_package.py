@@ -90,3 +90,18 @@ def test_the_compatibility_module_gives_the_same_objects():
     for name in tlunet.training.__all__:
         assert getattr(tlunet.train, name) is getattr(tlunet.training, name), name
     assert tlunet.train.atomic_write is tlunet.files.atomic_write
+
+
+def test_precise_bn_leaves_no_reference_that_keeps_a_model_alive():
+    """Its traced forward pass is cached per model; a sweep of many runs must not keep every model."""
+    import gc
+    import weakref
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(inputs)))
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    tlunet.training.precise_bn(model, [(x, x)])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None, "precise_bn's cached forward pass keeps the model alive"

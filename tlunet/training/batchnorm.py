@@ -20,9 +20,11 @@ def _statistics_forward(model, layers):
     key = [id(l) for l in layers]
     cached = _FORWARDS.get(model)
     if cached is None or cached[0] != key:
+        ref = weakref.ref(model)  # the cache's value must not hold its key alive
+
         @tf.function(reduce_retracing=True, autograph=False)
         def forward(x):
-            model(x, training=True)
+            ref()(x, training=True)
             return [(l.moving_mean.value, l.moving_variance.value) for l in layers]
         cached = _FORWARDS[model] = (key, forward)
     return cached[1]
