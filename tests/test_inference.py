@@ -1,10 +1,13 @@
 """Sliding-window inference over whole volumes: exactness where it must be exact, no seams."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
 
-from tlunet.inference import gaussian_importance, sliding_window_predict, window_starts
+from tlunet.inference import _window_forward, gaussian_importance, sliding_window_predict, window_starts
 from tlunet.models.unet import build_unet
 
 PATCH = (8, 16, 16)
@@ -102,3 +105,16 @@ def test_bad_arguments_are_named():
         sliding_window_predict(model, np.full(PATCH, np.nan, "float32"))
     with pytest.raises(ValueError, match="tta"):
         sliding_window_predict(model, _volume(PATCH), tta=(5,))
+
+
+def test_a_short_last_batch_of_windows_costs_no_second_trace_and_the_model_can_go():
+    """3 windows at batch_size 2 end in a batch of 1: one trace serves both sizes, on this volume and the
+    next; the cached trace holds no reference that keeps a deleted model alive."""
+    model = _pointwise_model()
+    sliding_window_predict(model, _volume((8, 16, 40)), overlap=0.0, batch_size=2)  # windows at 0, 16, 24
+    sliding_window_predict(model, _volume((8, 32, 16)), overlap=0.0, batch_size=3)
+    assert _window_forward(model).experimental_get_tracing_count() == 1
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None, "the cached window trace keeps the model alive"

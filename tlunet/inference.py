@@ -10,14 +10,32 @@ and the weighted predictions are averaged voxel by voxel.
 """
 
 import itertools
+import weakref
 
 import numpy as np
+import tensorflow as tf
 
 from tlunet.postprocess import (  # noqa: F401  (importable from here too)
     EVALUATION_DEFAULTS, IMAGE_TTA, BadModelOutput, check_probabilities, predict_images)
 from tlunet.progress import progress as _progress
 
 BLEND_MODES = ("gaussian", "constant")
+
+# model -> its forward pass traced once for batches of any size. `predict_on_batch` traces a model
+# again for a last, shorter batch of windows; a 3D U-Net's trace costs seconds. Weak keys, and a
+# weak reference inside: a model that is gone takes its trace.
+_WINDOW_FORWARDS = weakref.WeakKeyDictionary()
+
+
+def _window_forward(model):
+    """`model(x, training=False)` as a tf.function of any batch size, traced on its first call."""
+    forward = _WINDOW_FORWARDS.get(model)
+    if forward is None:
+        ref = weakref.ref(model)
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        forward = _WINDOW_FORWARDS[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
+                                                        autograph=False)
+    return forward
 
 
 def gaussian_importance(patch_size, sigma_scale=0.125):
@@ -107,6 +125,7 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
 
     bar = _progress(total=len(starts), desc=progress if isinstance(progress, str) else "windows",
                     disable=not progress, unit="window")
+    forward = _window_forward(model)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i:i + batch_size]
         slices = [tuple(slice(s, s + p) for s, p in zip(start, patch_size)) for start in chunk]
@@ -114,7 +133,7 @@ def sliding_window_predict(model, volume, patch_size=None, *, overlap=0.5, batch
         pred = 0.0
         for axes in flips:
             ax = tuple(a + 1 for a in axes)
-            out = np.asarray(model.predict_on_batch(np.flip(batch, ax) if ax else batch), dtype=np.float32)
+            out = np.asarray(forward(np.flip(batch, ax) if ax else batch), dtype=np.float32)
             pred = pred + (np.flip(out, ax) if ax else out)
         pred = pred / len(flips)
         if acc is None:
