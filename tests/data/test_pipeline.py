@@ -203,3 +203,15 @@ def test_flip_folded_into_the_affine_equals_an_exact_flip():
     x, y = augment_pair(image, mask, tf.constant([5, 6], tf.int64), cfg)
     np.testing.assert_array_equal(y.numpy(), mask.numpy()[::-1, ::-1])
     np.testing.assert_allclose(x.numpy(), image.numpy()[::-1, ::-1], atol=1e-4)
+
+
+def test_tlunet_pipelines_do_not_autotune():
+    """tf.data's autotuning slowed training epochs at random on a 2-core CPU (benchmarks/main_job.py)."""
+    from tlunet.data import make_classification_dataset
+    from tlunet.data.nifti import make_patch_dataset
+    images, masks = _blobs(n=4)
+    volumes = [np.zeros((8, 8, 8), np.float32)]
+    for ds in (make_dataset(images, masks, batch_size=2, augment="wang2023"),
+               make_classification_dataset(list(images), [0, 1, 0, 1], (16, 16), batch_size=2),
+               make_patch_dataset(volumes, [np.zeros((8, 8, 8), np.uint8)], (4, 4, 4), batch_size=2)):
+        assert ds.options().autotune.enabled is False

@@ -34,9 +34,14 @@ def epoch_numbers(clock, forever=False):
 
 def attach_clock(dataset, clock):
     """`dataset`, sharded by element under tf.distribute (its source is one generator, not files),
-    with `clock` as its `epoch_clock` attribute (what `tlunet.train.fit` looks for)."""
+    without tf.data's autotuning, and with `clock` as its `epoch_clock` attribute (what
+    `tlunet.train.fit` looks for)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # No autotuning: on a 2-core CPU it left about half of the training epochs at ~60 % of the speed
+    # (one core idle) at random; without it every epoch ran at full speed (benchmarks/main_job.py).
+    # The pipelines' AUTOTUNE settings then take tf.data's fixed defaults.
+    options.autotune.enabled = False
     dataset = dataset.with_options(options)
     dataset.epoch_clock = clock
     return dataset

@@ -1,0 +1,166 @@
+"""Where the main job's time goes: `tlunet experiment wang2023_fetal_head --quick`, run in this
+process with a clock on each phase.
+
+    python benchmarks/main_job.py                       # the main job as the README runs it
+    python benchmarks/main_job.py --set training.jit_compile=true --out /tmp/xla
+
+It prints, per phase, the wall time and how many of the cores were busy (process CPU seconds over
+wall seconds): loading the data, each epoch's training batches (the first epoch's, which trace
+the step, apart), the BatchNorm recompute (`precise_bn`), validation, the checkpoint, and what
+follows training (test evaluation, figures, tables). It also prints the epoch at which validation
+Dice first reached `--target` and the wall time to that point, counted from the start of the job.
+The results folder is written as the job writes it (`--out`, default a temporary folder).
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class PhaseClock:
+    """Wall and process-CPU seconds per named phase; `with clock("name"):` adds one interval."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.count = collections.Counter(), collections.Counter(), collections.Counter()
+        self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
+
+    def __call__(self, name):
+        clock = self
+
+        class _Interval:
+            def __enter__(self):
+                self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *exc):
+                clock.add(name, time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+        return _Interval()
+
+    def add(self, name, wall, cpu):
+        self.wall[name] += wall
+        self.cpu[name] += cpu
+        self.count[name] += 1
+
+    def elapsed(self):
+        return time.perf_counter() - self.start_wall
+
+
+def _wrap(owner, attr, clock, name):
+    """Replaces `owner.attr` by the same callable timed under `name`."""
+    original = getattr(owner, attr)
+
+    def timed(*args, **kwargs):
+        with clock(name):
+            return original(*args, **kwargs)
+
+    setattr(owner, attr, timed)
+
+
+def _epoch_timer(clock, curve):
+    """A callback timing the training batches of each epoch and the validation, and recording
+    each epoch's validation Dice with the job's elapsed time."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.t = epoch, (time.perf_counter(), time.process_time())
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last = (time.perf_counter(), time.process_time())
+
+        def on_test_begin(self, logs=None):  # the batches are done; precise_bn runs after this hook's peers
+            name = "first epoch: training batches (tracing)" if self.epoch == 0 else "training batches"
+            clock.add(name, self.last[0] - self.t[0], self.last[1] - self.t[1])
+
+        def on_epoch_end(self, epoch, logs=None):
+            curve.append((epoch + 1, (logs or {}).get("val_dice"), clock.elapsed()))
+
+    return EpochTimer()
+
+
+def _instrument(clock, curve):
+    """Clocks on the phases of a run, in place on tlunet's and Keras' classes."""
+    import keras
+
+    from tlunet.training import batchnorm, checkpoint
+
+    _wrap(batchnorm.EpochBatchNorm, "_recompute", clock, "BatchNorm recompute (precise_bn)")
+    _wrap(checkpoint.RunCheckpoint, "on_epoch_end", clock, "checkpoint, history")
+    _wrap(keras.Model, "evaluate", clock, "validation (evaluate)")
+    fit = keras.Model.fit
+
+    def fit_with_timer(self, *args, callbacks=None, **kwargs):
+        # validation inside fit is timed from its own hooks: Keras calls evaluate there too
+        with clock("inside fit"):
+            return fit(self, *args, callbacks=[_epoch_timer(clock, curve)] + list(callbacks or []), **kwargs)
+
+    keras.Model.fit = fit_with_timer
+
+
+def _report(clock, curve, target, total):
+    inside = clock.wall.pop("inside fit", 0.0)
+    clock.cpu.pop("inside fit", None)
+    bn = "BatchNorm recompute (precise_bn)"
+    for table in (clock.wall, clock.cpu):  # precise_bn runs inside fit's evaluate (its on_test_begin)
+        table["validation"] = table.pop("validation (evaluate)", 0.0) - table.get(bn, 0.0)
+    clock.count["validation"] = clock.count.pop("validation (evaluate)", 0)
+    timed = sum(clock.wall.values())
+    print("\n| phase | calls | wall s | share | cores busy |")
+    print("|---|---:|---:|---:|---:|")
+    rows = list(clock.wall.items())
+    rows.append(("everything else (data, building, test evaluation, figures)", total - timed))
+    for name, wall in rows:
+        cpu = clock.cpu.get(name)
+        busy = f"{cpu / wall:.2f}" if cpu is not None and wall > 0 else "—"
+        calls = clock.count.get(name, "—")
+        print(f"| {name} | {calls} | {wall:.1f} | {100 * wall / total:.0f} % | {busy} |")
+    print(f"| **the job** | | **{total:.1f}** | 100 % | {clock_total_busy(clock, total):.2f} |")
+    print(f"\n(inside model.fit: {inside:.1f} s)")
+    reached = next(((e, s) for e, d, s in curve if d is not None and d >= target), None)
+    if reached:
+        print(f"validation Dice first reached {target} at epoch {reached[0]}, {reached[1]:.0f} s into the job")
+    else:
+        best = max((d for _, d, _ in curve if d is not None), default=None)
+        print(f"validation Dice never reached {target} (best {best})")
+
+
+def clock_total_busy(clock, total):
+    return (time.process_time() - clock.start_cpu) / total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="wang2023_fetal_head")
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as `tlunet experiment --set`")
+    parser.add_argument("--out", help="results folder (default: a temporary one)")
+    parser.add_argument("--target", type=float, default=0.93, help="the validation Dice to time")
+    args = parser.parse_args(argv)
+
+    clock = PhaseClock()
+    curve = []
+    from tlunet.runners import load_config, parse_overrides, run_experiment
+    _instrument(clock, curve)
+    import tensorflow as tf
+    print(f"TensorFlow {tf.__version__}: intra-op threads "
+          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, inter-op "
+          f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}; {os.cpu_count()} CPUs; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    cfg = load_config(args.experiment, args.profile, parse_overrides(args.set))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_experiment(cfg, args.out or tmp, verbose=0, log=lambda *a: print(*a, file=sys.stderr))
+    total = clock.elapsed()
+    _report(clock, curve, args.target, total)
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
