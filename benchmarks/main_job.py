@@ -5,9 +5,11 @@ process with a clock on each phase.
     python benchmarks/main_job.py --set training.jit_compile=true --out /tmp/xla
 
 It prints, per phase, the wall time and how many of the cores were busy (process CPU seconds over
-wall seconds): loading the data, each epoch's training batches (the first epoch's, which trace
-the step, apart), the BatchNorm recompute (`precise_bn`), validation, the checkpoint, and what
-follows training (test evaluation, figures, tables). It also prints the epoch at which validation
+wall seconds): each epoch's training batches (the first epoch's, which trace the step, apart),
+the BatchNorm recompute (`precise_bn`) before each validation and after training, validation, the
+checkpoint, and the rest (loading the data, building the model, test evaluation, figures,
+tables); then each epoch's training-batch seconds. `--tf-data-autotune` builds tlunet's pipelines
+with tf.data's autotuning on, to compare. It also prints the epoch at which validation
 Dice first reached `--target` and the wall time to that point, counted from the start of the job.
 The results folder is written as the job writes it (`--out`, default a temporary folder).
 """
@@ -21,7 +23,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+EPOCH_BN = "BatchNorm recompute before each validation (precise_bn)"
+EPOCH_BN_IN_EVALUATE = "(precise_bn inside evaluate)"
+EVALUATE = "(evaluate)"
 
 
 class PhaseClock:
@@ -30,6 +34,7 @@ class PhaseClock:
     def __init__(self):
         self.wall, self.cpu, self.count = collections.Counter(), collections.Counter(), collections.Counter()
         self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
+        self.epochs = []  # each epoch's training-batch seconds
 
     def __call__(self, name):
         clock = self
@@ -75,9 +80,10 @@ def _epoch_timer(clock, curve):
         def on_train_batch_end(self, batch, logs=None):
             self.last = (time.perf_counter(), time.process_time())
 
-        def on_test_begin(self, logs=None):  # the batches are done; precise_bn runs after this hook's peers
+        def on_test_begin(self, logs=None):  # the epoch's batches are done
             name = "first epoch: training batches (tracing)" if self.epoch == 0 else "training batches"
             clock.add(name, self.last[0] - self.t[0], self.last[1] - self.t[1])
+            clock.epochs.append(self.last[0] - self.t[0])
 
         def on_epoch_end(self, epoch, logs=None):
             curve.append((epoch + 1, (logs or {}).get("val_dice"), clock.elapsed()))
@@ -89,50 +95,89 @@ def _instrument(clock, curve):
     """Clocks on the phases of a run, in place on tlunet's and Keras' classes."""
     import keras
 
-    from tlunet.training import batchnorm, checkpoint
+    from tlunet.training import batchnorm, checkpoint, fitting
 
-    _wrap(batchnorm.EpochBatchNorm, "_recompute", clock, "BatchNorm recompute (precise_bn)")
-    _wrap(checkpoint.RunCheckpoint, "on_epoch_end", clock, "checkpoint, history")
-    _wrap(keras.Model, "evaluate", clock, "validation (evaluate)")
+    # EpochBatchNorm recomputes from fit's validation (inside evaluate) or, without validation data,
+    # at the epoch's end; `inside_evaluate` tells the two apart so validation can be net of it
+    state = {"inside_evaluate": False}
+    epoch_bn = batchnorm.precise_bn
+
+    def timed_epoch_bn(*args, **kwargs):
+        start = time.perf_counter(), time.process_time()
+        try:
+            return epoch_bn(*args, **kwargs)
+        finally:
+            wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
+            clock.add(EPOCH_BN, wall, cpu)
+            if state["inside_evaluate"]:
+                clock.add(EPOCH_BN_IN_EVALUATE, wall, cpu)
+
+    batchnorm.precise_bn = timed_epoch_bn
+    _wrap(fitting, "precise_bn", clock, "BatchNorm recompute after training")
+    _wrap(checkpoint.RunCheckpoint, "on_epoch_end", clock, "checkpoint and history, each epoch")
+    evaluate = keras.Model.evaluate
+
+    def timed_evaluate(self, *args, **kwargs):
+        state["inside_evaluate"] = True
+        try:
+            with clock(EVALUATE):
+                return evaluate(self, *args, **kwargs)
+        finally:
+            state["inside_evaluate"] = False
+
+    keras.Model.evaluate = timed_evaluate
     fit = keras.Model.fit
 
     def fit_with_timer(self, *args, callbacks=None, **kwargs):
-        # validation inside fit is timed from its own hooks: Keras calls evaluate there too
+        # first in the list: its on_test_begin closes the epoch's batches before precise_bn starts
         with clock("inside fit"):
             return fit(self, *args, callbacks=[_epoch_timer(clock, curve)] + list(callbacks or []), **kwargs)
 
     keras.Model.fit = fit_with_timer
 
 
+def _autotune_back_on():
+    """tlunet's pipelines as they were built before tlunet turned tf.data's autotuning off."""
+    import tensorflow as tf
+
+    from tlunet.data import nifti, pipeline
+
+    def attach_clock_autotuned(dataset, clock, attach=pipeline.attach_clock):
+        options = tf.data.Options()
+        options.autotune.enabled = True
+        tuned = attach(dataset, clock).with_options(options)
+        tuned.epoch_clock = clock
+        return tuned
+
+    pipeline.attach_clock = nifti.attach_clock = attach_clock_autotuned
+
+
 def _report(clock, curve, target, total):
     inside = clock.wall.pop("inside fit", 0.0)
-    clock.cpu.pop("inside fit", None)
-    bn = "BatchNorm recompute (precise_bn)"
-    for table in (clock.wall, clock.cpu):  # precise_bn runs inside fit's evaluate (its on_test_begin)
-        table["validation"] = table.pop("validation (evaluate)", 0.0) - table.get(bn, 0.0)
-    clock.count["validation"] = clock.count.pop("validation (evaluate)", 0)
+    for table in (clock.wall, clock.cpu):  # validation net of the precise_bn that ran inside it
+        table["validation"] = table.pop(EVALUATE, 0.0) - table.pop(EPOCH_BN_IN_EVALUATE, 0.0)
+        table.pop("inside fit", None)
+    clock.count["validation"] = clock.count.pop(EVALUATE, 0)
     timed = sum(clock.wall.values())
     print("\n| phase | calls | wall s | share | cores busy |")
     print("|---|---:|---:|---:|---:|")
     rows = list(clock.wall.items())
-    rows.append(("everything else (data, building, test evaluation, figures)", total - timed))
+    rows.append(("the rest: data, model building, test evaluation, figures, tables, Keras between hooks",
+                 total - timed))
     for name, wall in rows:
         cpu = clock.cpu.get(name)
         busy = f"{cpu / wall:.2f}" if cpu is not None and wall > 0 else "—"
-        calls = clock.count.get(name, "—")
-        print(f"| {name} | {calls} | {wall:.1f} | {100 * wall / total:.0f} % | {busy} |")
-    print(f"| **the job** | | **{total:.1f}** | 100 % | {clock_total_busy(clock, total):.2f} |")
+        print(f"| {name} | {clock.count.get(name, '—')} | {wall:.1f} | {100 * wall / total:.0f} % | {busy} |")
+    busy = (time.process_time() - clock.start_cpu) / total
+    print(f"| **the job** | | **{total:.1f}** | 100 % | {busy:.2f} |")
     print(f"\n(inside model.fit: {inside:.1f} s)")
+    print("training batches per epoch, s: " + " ".join(f"{w:.1f}" for w in clock.epochs))
     reached = next(((e, s) for e, d, s in curve if d is not None and d >= target), None)
     if reached:
         print(f"validation Dice first reached {target} at epoch {reached[0]}, {reached[1]:.0f} s into the job")
     else:
         best = max((d for _, d, _ in curve if d is not None), default=None)
         print(f"validation Dice never reached {target} (best {best})")
-
-
-def clock_total_busy(clock, total):
-    return (time.process_time() - clock.start_cpu) / total
 
 
 def main(argv=None):
@@ -143,12 +188,16 @@ def main(argv=None):
                         help="config override, as `tlunet experiment --set`")
     parser.add_argument("--out", help="results folder (default: a temporary one)")
     parser.add_argument("--target", type=float, default=0.93, help="the validation Dice to time")
+    parser.add_argument("--tf-data-autotune", action="store_true",
+                        help="turn tf.data's autotuning back on in tlunet's pipelines (as before 2026-12-02)")
     args = parser.parse_args(argv)
 
     clock = PhaseClock()
     curve = []
     from tlunet.runners import load_config, parse_overrides, run_experiment
     _instrument(clock, curve)
+    if args.tf_data_autotune:
+        _autotune_back_on()
     import tensorflow as tf
     print(f"TensorFlow {tf.__version__}: intra-op threads "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, inter-op "
