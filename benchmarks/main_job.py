@@ -7,8 +7,8 @@ process with a clock on each phase.
 It prints, per phase, the wall time and how many of the cores were busy (process CPU seconds over
 wall seconds): each epoch's training batches (the first epoch's, which trace the step, apart),
 the BatchNorm recompute (`precise_bn`) before each validation and after training, validation, the
-checkpoint, and the rest (loading the data, building the model, test evaluation, figures,
-tables); then each epoch's training-batch seconds. `--tf-data-autotune` builds tlunet's pipelines
+checkpoint, loading the data, building the model, test evaluation and figures, and the rest;
+then each epoch's training-batch seconds. `--tf-data-autotune` builds tlunet's pipelines
 with tf.data's autotuning on, to compare. It also prints the epoch at which validation
 Dice first reached `--target` and the wall time to that point, counted from the start of the job.
 The results folder is written as the job writes it (`--out`, default a temporary folder).
@@ -136,6 +136,16 @@ def _instrument(clock, curve):
     keras.Model.fit = fit_with_timer
 
 
+def _instrument_runner(runner, clock):
+    """Clocks on the runner's own phases outside training (`Runner` hooks every task has)."""
+    phases = {"load": "loading the data", "evaluate_model": "test evaluation and its figures",
+              "after_summary": "summary figures"}
+    for attr, name in phases.items():
+        _wrap(runner, attr, clock, name)
+    if hasattr(runner, "build"):
+        _wrap(runner, "build", clock, "building the model")
+
+
 def _autotune_back_on():
     """tlunet's pipelines as they were built before tlunet turned tf.data's autotuning off."""
     import tensorflow as tf
@@ -162,8 +172,7 @@ def _report(clock, curve, target, total):
     print("\n| phase | calls | wall s | share | cores busy |")
     print("|---|---:|---:|---:|---:|")
     rows = list(clock.wall.items())
-    rows.append(("the rest: data, model building, test evaluation, figures, tables, Keras between hooks",
-                 total - timed))
+    rows.append(("the rest: imports, writing tables, Keras between its hooks", total - timed))
     for name, wall in rows:
         cpu = clock.cpu.get(name)
         busy = f"{cpu / wall:.2f}" if cpu is not None and wall > 0 else "—"
@@ -194,7 +203,7 @@ def main(argv=None):
 
     clock = PhaseClock()
     curve = []
-    from tlunet.runners import load_config, parse_overrides, run_experiment
+    from tlunet.runners import TASKS, load_config, parse_overrides, run_experiment
     _instrument(clock, curve)
     if args.tf_data_autotune:
         _autotune_back_on()
@@ -204,6 +213,7 @@ def main(argv=None):
           f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}; {os.cpu_count()} CPUs; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     cfg = load_config(args.experiment, args.profile, parse_overrides(args.set))
+    _instrument_runner(TASKS[cfg.TASK], clock)
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(cfg, args.out or tmp, verbose=0, log=lambda *a: print(*a, file=sys.stderr))
     total = clock.elapsed()
