@@ -198,7 +198,7 @@ def main(argv=None):
     parser.add_argument("--out", help="results folder (default: a temporary one)")
     parser.add_argument("--target", type=float, default=0.93, help="the validation Dice to time")
     parser.add_argument("--tf-data-autotune", action="store_true",
-                        help="turn tf.data's autotuning back on in tlunet's pipelines (as before 2026-12-02)")
+                        help="turn tf.data's autotuning back on in tlunet's pipelines (tlunet's earlier setting)")
     args = parser.parse_args(argv)
 
     clock = PhaseClock()
