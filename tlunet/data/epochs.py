@@ -38,7 +38,7 @@ def attach_clock(dataset, clock):
     `tlunet.train.fit` looks for)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    # No autotuning: on a 2-core CPU it left about half of the training epochs at ~60 % of the speed
+    # No autotuning: on a 2-core CPU it left over a third of the training epochs at ~60 % of the speed
     # (one core idle) at random; without it every epoch ran at full speed (benchmarks/main_job.py).
     # The pipelines' AUTOTUNE settings then take tf.data's fixed defaults.
     options.autotune.enabled = False
