@@ -99,6 +99,8 @@ BAD_CONFIGS = [
      r"training.precise_bn recomputes BatchNorm statistics in one process; it is not supported with distribute"),
     ("unknown distribution", {"training__distribute": "tpu"}, r"training.distribute must be one of \[None, 'mirrored'"),
     ("seeds not a list", {"sweep": {"seeds": 3}}, r"sweep.seeds must be a list of distinct whole numbers"),
+    ("image size the model cannot take", {"data__image_size": [32, 40]},
+     r"data.image_size \[32, 40\] does not fit run 'all': unet needs spatial sizes that are multiples of 16"),
 ]
 
 

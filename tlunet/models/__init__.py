@@ -155,5 +155,12 @@ def build_model(name, input_shape=None, classes=1, encoder_weights=None, **kwarg
     return info.builder(shape, classes, **kwargs)
 
 
-__all__ = ["seg_to_classifier", "segmentation_branch", "ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
+def check_spatial_size(name, sizes):
+    """Raises ValueError, naming the model and what it needs, when `name` cannot take inputs of the
+    spatial `sizes` (e.g. a U-Net whose sizes must be multiples of 32)."""
+    info = get_model_info(name)
+    _validate_shape(info, (*sizes, (info.channels or (1,))[0]))
+
+
+__all__ = ["check_spatial_size", "seg_to_classifier", "segmentation_branch", "ModelInfo", "build_model", "get_model_info", "list_models", "register_model",
            "build_unet", "build_unet3d", "build_hybrid_unet", "build_hybrid_unet3d", "build_vgg16_unet", "build_mobilenetv2_unet", "build_resnet18_3d_unet"]

@@ -453,6 +453,12 @@ class ImageExperiment(SegmentationExperiment):
     evaluation: ImageEvaluation = None
 
     def check_run(self, run):
+        model = run.model(self.model)
+        try:  # before any data is read: a size the network cannot take fails at its first layer
+            tlunet.models.check_spatial_size(model.name, self.data.image_size)
+        except ValueError as e:
+            raise refuse(self.path, f"data.image_size {list(self.data.image_size)} does not fit run {run.name!r}: "
+                                    f"{e}") from e
         if self.evaluation.largest_component and run.model(self.model).classes != 1:
             raise refuse(self.path, f"evaluation.largest_component keeps one region of a one-class model; run "
                                     f"{run.name!r} has model.classes {run.model(self.model).classes!r}")
