@@ -16,6 +16,7 @@ The results folder is written as the job writes it (`--out`, default a temporary
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import tempfile
@@ -36,17 +37,13 @@ class PhaseClock:
         self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
         self.epochs = []  # each epoch's training-batch seconds
 
+    @contextlib.contextmanager
     def __call__(self, name):
-        clock = self
-
-        class _Interval:
-            def __enter__(self):
-                self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-            def __exit__(self, *exc):
-                clock.add(name, time.perf_counter() - self.wall, time.process_time() - self.cpu)
-
-        return _Interval()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
 
     def add(self, name, wall, cpu):
         self.wall[name] += wall
@@ -69,8 +66,8 @@ def _wrap(owner, attr, clock, name):
 
 
 def _epoch_timer(clock, curve):
-    """A callback timing the training batches of each epoch and the validation, and recording
-    each epoch's validation Dice with the job's elapsed time."""
+    """A callback timing the training batches of each epoch and recording each epoch's validation
+    Dice with the job's elapsed time."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -103,14 +100,9 @@ def _instrument(clock, curve):
     epoch_bn = batchnorm.precise_bn
 
     def timed_epoch_bn(*args, **kwargs):
-        start = time.perf_counter(), time.process_time()
-        try:
+        inside = clock(EPOCH_BN_IN_EVALUATE) if state["inside_evaluate"] else contextlib.nullcontext()
+        with clock(EPOCH_BN), inside:
             return epoch_bn(*args, **kwargs)
-        finally:
-            wall, cpu = time.perf_counter() - start[0], time.process_time() - start[1]
-            clock.add(EPOCH_BN, wall, cpu)
-            if state["inside_evaluate"]:
-                clock.add(EPOCH_BN_IN_EVALUATE, wall, cpu)
 
     batchnorm.precise_bn = timed_epoch_bn
     _wrap(fitting, "precise_bn", clock, "BatchNorm recompute after training")

@@ -454,14 +454,14 @@ class ImageExperiment(SegmentationExperiment):
 
     def check_run(self, run):
         model = run.model(self.model)
-        try:  # before any data is read: a size the network cannot take fails at its first layer
+        try:  # before any data is read; build_model would refuse the size only after loading it
             tlunet.models.check_spatial_size(model.name, self.data.image_size)
         except ValueError as e:
             raise refuse(self.path, f"data.image_size {list(self.data.image_size)} does not fit run {run.name!r}: "
                                     f"{e}") from e
-        if self.evaluation.largest_component and run.model(self.model).classes != 1:
+        if self.evaluation.largest_component and model.classes != 1:
             raise refuse(self.path, f"evaluation.largest_component keeps one region of a one-class model; run "
-                                    f"{run.name!r} has model.classes {run.model(self.model).classes!r}")
+                                    f"{run.name!r} has model.classes {model.classes!r}")
         if run.get("init") == "pretrain" and self.pretrain is None:
             raise refuse(self.path, f"run {run.name!r} has init: pretrain but no `pretrain` block")
         if run.get("init") == "pretrain" and run.get("transfer") is not None:
